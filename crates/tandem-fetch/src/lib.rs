@@ -1,0 +1,1 @@
+//! tandem-fetch (placeholder, being built).

@@ -1,0 +1,1 @@
+//! tandem-http (placeholder, being built).

@@ -1,0 +1,1 @@
+//! tandem-peer (placeholder, being built).

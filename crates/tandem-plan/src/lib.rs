@@ -1,0 +1,1 @@
+//! tandem-plan (placeholder, being built).

@@ -1,0 +1,1 @@
+//! tandem-splice (placeholder, being built).

@@ -1,0 +1,1 @@
+//! tandem-wire (placeholder, being built).

@@ -1,0 +1,2 @@
+//! The tandem daemon (being built).
+fn main() {}
