@@ -1,0 +1,1 @@
+//! tandem-delegate (placeholder, being built).
