@@ -1,0 +1,1 @@
+//! tandem-lab: the network-namespace testbed (placeholder, being built).
