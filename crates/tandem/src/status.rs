@@ -1,0 +1,159 @@
+//! The status socket: the daemon answers each connection on a Unix socket
+//! with one JSON [`Snapshot`] and closes it; `tandem status` prints it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Most bytes a status answer may have (the client refuses more).
+pub const MAX_SNAPSHOT: u64 = 4 * 1024 * 1024;
+
+/// Everything `tandem status` shows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    /// This router's name.
+    pub node: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: u64,
+    /// Configured neighbours.
+    pub peers: Vec<PeerStatus>,
+    /// Downloads being accelerated now.
+    pub downloads: Vec<DownloadStatus>,
+    /// Decisions on response heads: `accelerated` and each pass-through reason.
+    pub decisions: BTreeMap<String, u64>,
+    /// Packet counters (queued, accepted, modified, dropped, injected, ...).
+    pub packets: BTreeMap<String, u64>,
+}
+
+/// One neighbour.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeerStatus {
+    /// Configured name.
+    pub name: String,
+    /// Configured address.
+    pub address: String,
+    /// Authenticated connection up.
+    pub up: bool,
+    /// Measured rate of pieces from it, bit/s (0 before any piece).
+    pub rate_bps: f64,
+    /// Rate it advertises, bit/s.
+    pub advertised_bps: f64,
+}
+
+/// One accelerated download.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DownloadStatus {
+    /// `http://host/target`.
+    pub url: String,
+    /// Client address:port.
+    pub client: String,
+    /// Body length.
+    pub size: u64,
+    /// Body bytes the client acknowledged.
+    pub delivered: u64,
+    /// Bytes received per source (`origin-flow`, `local`, peer names).
+    pub bytes_by_source: BTreeMap<String, u64>,
+    /// Delivery rate over the last seconds, bit/s.
+    pub rate_bps: f64,
+    /// Seconds since the download was accelerated.
+    pub age_s: f64,
+}
+
+/// Asks the daemon on `socket` for a snapshot.
+pub fn query(socket: &Path) -> anyhow::Result<Snapshot> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut text = String::new();
+    stream.take(MAX_SNAPSHOT).read_to_string(&mut text)?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn mbit(bps: f64) -> String {
+    format!("{:.1} Mbit/s", bps / 1e6)
+}
+
+/// A human-readable rendering of a snapshot.
+pub fn render_table(s: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "tandem on {} (up {} s)", s.node, s.uptime_s);
+    let _ = writeln!(out, "\npeers:");
+    if s.peers.is_empty() {
+        let _ = writeln!(out, "  (none configured)");
+    }
+    for p in &s.peers {
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<22} {:<5} measured {:>14}  advertises {:>14}",
+            p.name,
+            p.address,
+            if p.up { "up" } else { "down" },
+            mbit(p.rate_bps),
+            mbit(p.advertised_bps)
+        );
+    }
+    let _ = writeln!(out, "\ndownloads:");
+    if s.downloads.is_empty() {
+        let _ = writeln!(out, "  (none in progress)");
+    }
+    for d in &s.downloads {
+        let pct = if d.size > 0 {
+            100.0 * d.delivered as f64 / d.size as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(
+            out,
+            "  {} for {}: {}/{} bytes ({pct:.0}%), {}",
+            d.url,
+            d.client,
+            d.delivered,
+            d.size,
+            mbit(d.rate_bps)
+        );
+        for (src, bytes) in &d.bytes_by_source {
+            let _ = writeln!(out, "    {src:<16} {bytes:>12} bytes");
+        }
+    }
+    let _ = writeln!(out, "\ndecisions:");
+    for (k, v) in &s.decisions {
+        let _ = writeln!(out, "  {k:<24} {v}");
+    }
+    let _ = writeln!(out, "\npackets:");
+    for (k, v) in &s.packets {
+        let _ = writeln!(out, "  {k:<24} {v}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_round_trips_through_json_and_renders() {
+        let mut s = Snapshot {
+            node: "a".into(),
+            uptime_s: 3,
+            ..Default::default()
+        };
+        s.decisions.insert("accelerated".into(), 2);
+        s.downloads.push(DownloadStatus {
+            url: "http://o/f.mp4".into(),
+            client: "192.0.2.2:40000".into(),
+            size: 100,
+            delivered: 50,
+            ..Default::default()
+        });
+        let text = serde_json::to_string(&s).unwrap();
+        let back: Snapshot = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+        let table = render_table(&s);
+        assert!(table.contains("50/100 bytes (50%)"), "{table}");
+        assert!(table.contains("accelerated"), "{table}");
+    }
+}
