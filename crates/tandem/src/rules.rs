@@ -245,4 +245,18 @@ mod tests {
         assert!(s.contains("CT --notrack"));
         assert!(s.contains("-j DROP"));
     }
+
+    #[test]
+    fn shipped_rule_files_match_the_example_config() {
+        assert_eq!(
+            iptables(&cfg()),
+            include_str!("../../../iptables/tandem-rules.sh"),
+            "regenerate: tandem rules iptables -c docs/tandem.example.toml > iptables/tandem-rules.sh"
+        );
+        assert_eq!(
+            nft(&cfg()),
+            include_str!("../../../iptables/tandem.nft"),
+            "regenerate: tandem rules nft -c docs/tandem.example.toml > iptables/tandem.nft"
+        );
+    }
 }
