@@ -1,0 +1,1 @@
+//! Simulation (being built).
