@@ -39,6 +39,22 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Serve files over HTTP/1.1 with Range support (the lab's and tests' origin).
+    #[command(hide = true)]
+    Origin {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// Directory whose files are served.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Ignore Range requests (always 200, no Accept-Ranges).
+        #[arg(long)]
+        no_ranges: bool,
+        /// Per-connection rate limit, bytes per second.
+        #[arg(long)]
+        rate: Option<u64>,
+    },
     /// Show peers, downloads in progress and decision counters of the running daemon.
     Status {
         /// Machine-readable output.
@@ -82,6 +98,28 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rules { flavor, config } => {
             let cfg = Config::load(&config)?;
             print!("{}", rules::render(&cfg, flavor));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Origin {
+            listen,
+            dir,
+            no_ranges,
+            rate,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                let files = tandem_fetch::OriginFiles::dir(dir)
+                    .with_ranges(!no_ranges)
+                    .with_rate_limit(rate);
+                tandem_fetch::serve_origin(listener, files).await?;
+                anyhow::Ok(())
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json, socket } => {
