@@ -1,7 +1,7 @@
 //! The generated firewall rules load into a real kernel (root: a scratch
+//! network namespace per test), and unload without a trace.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! network namespace per test), and unload without a trace.
 
 use std::process::Command;
 
