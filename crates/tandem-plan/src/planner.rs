@@ -1083,7 +1083,24 @@ impl Planner {
                 .min(hi);
             let rate = self.effective_rate(s, now);
             let adaptive = (rate * self.config.target_piece_time.as_secs_f64()) as u64;
-            let adaptive = adaptive.clamp(self.config.min_piece, self.config.max_piece);
+            // A source's outstanding requests should not need more than its
+            // rate share of the window, or the window fills with the slow
+            // ones' pieces and stalls in-order delivery.
+            let total_rate: f64 = self
+                .sources
+                .iter()
+                .filter(|x| self.can_take_pieces(x))
+                .map(|x| self.effective_rate(x, now))
+                .sum();
+            let window_share = if total_rate > 0.0 {
+                (self.config.window as f64 * rate / total_rate / self.config.pipeline_depth as f64)
+                    as u64
+            } else {
+                self.config.max_piece
+            };
+            let adaptive = adaptive
+                .min(window_share)
+                .clamp(self.config.min_piece, self.config.max_piece);
             let remaining = (self.body.end - floor) - claimed.covered_in(&(floor..self.body.end));
             let share = match self.fair_share(source, remaining, now) {
                 Some(x) if x > 0.0 => x as u64,

@@ -1,1 +1,856 @@
-//! Simulation (being built).
+//! Deterministic discrete-event simulations of the planner and of session
+//! negotiation. No clock, no randomness except a seeded SplitMix64.
+//!
+//! # Download model ([`run_download`])
+//!
+//! * Router A's uplink carries the client's original flow from offset 0 at
+//!   A's uplink rate (already at full rate when the response head is seen,
+//!   t = 0). At t = 0 the planner is asked for the cut; the splice engine's
+//!   actual cut is `max(requested, bytes in flight)` where the bytes in
+//!   flight are one WAN round trip at A's rate. The original flow delivers
+//!   `0..actual_cut` and then frees A's uplink.
+//! * Every source serves its requests in FIFO order at its rate (a fluid
+//!   server): a request sent at `t` can deliver from `t + rtt`, and not
+//!   before the previous request finished, so pipelined requests hide the
+//!   RTT. A's local fetcher cannot deliver before the original flow ended.
+//!   A source that was idle for more than 200 ms (or never busy) pays a
+//!   slow-start ramp: initial window 10 x 1448 bytes doubling every RTT; the
+//!   ramp is charged as the time lost against full rate.
+//! * A neighbour's rate is `min(link, uplink x factor(t) + what its own
+//!   neighbours bring)`; neighbours behind it are aggregated (fluid model,
+//!   each link independent, one extra link round trip of latency per hop).
+//!   A neighbour that dies delivers nothing more; the planner finds out by
+//!   its stall timer.
+//! * Bytes reach the planner in reports of `report_chunk` bytes. A delivers
+//!   to the client in order, instantly (LAN): the delivery cursor is the
+//!   contiguous prefix of received bytes.
+//! * The ideal is the time at which the integral of the summed useful rates
+//!   (A's uplink + each neighbour's `min(link, ...)`) reaches the body size.
+//!
+//! # Negotiation model ([`run_mesh`])
+//!
+//! A random geometric mesh; the initiator floods `Negotiate(key, depth)`
+//! with per-link latency; each router commits through its own
+//! [`SessionTable`], answers `Accept`/`Refuse`, and forwards while under the
+//! depth limit. Then the initiator cancels and the cancel is forwarded down
+//! the recorded sub-delegates.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use crate::advert::{AdvertRule, AdvertTree};
+use crate::planner::{PieceId, PlanEvent, Planner, PlannerConfig, Policy, SourceId, SourceSpec};
+use crate::ranges::RangeSet;
+use crate::rate::{Rate, secs};
+use crate::session::{SessionKey, SessionLimits, SessionTable};
+
+/// A neighbour of A in a download scenario.
+#[derive(Debug, Clone)]
+pub struct Neighbour {
+    /// Its uplink rate.
+    pub uplink: Rate,
+    /// Rate of the inter-router link A–neighbour.
+    pub link: Rate,
+    /// One-way latency of that link.
+    pub link_one_way: Duration,
+    /// Routers behind it (multi-hop): the link rate to each and its subtree.
+    pub behind: Vec<(Rate, AdvertTree)>,
+    /// At `fraction` of the static ideal time, its uplink is multiplied by
+    /// `factor`.
+    pub rate_change: Option<(f64, f64)>,
+    /// At this fraction of the static ideal time it dies.
+    pub dies_at: Option<f64>,
+}
+
+impl Neighbour {
+    /// A one-hop neighbour with `uplink_mbit` behind a `link_mbit` link of
+    /// 2 ms one way.
+    pub fn new(uplink_mbit: f64, link_mbit: f64) -> Self {
+        Neighbour {
+            uplink: Rate::from_mbit(uplink_mbit),
+            link: Rate::from_mbit(link_mbit),
+            link_one_way: Duration::from_millis(2),
+            behind: Vec::new(),
+            rate_change: None,
+            dies_at: None,
+        }
+    }
+
+    fn tree(&self) -> AdvertTree {
+        AdvertTree {
+            own: self.uplink,
+            children: self.behind.clone(),
+        }
+    }
+
+    /// What it really delivers to A before any change.
+    pub fn deliverable(&self) -> Rate {
+        self.tree().deliverable(Some(self.link))
+    }
+
+    /// What it advertises to A under `rule`.
+    pub fn advertised(&self, rule: AdvertRule) -> Rate {
+        self.tree().advertise(rule, Some(self.link))
+    }
+
+    fn hops(&self) -> u32 {
+        fn depth(t: &AdvertTree) -> u32 {
+            t.children
+                .iter()
+                .map(|(_, c)| 1 + depth(c))
+                .max()
+                .unwrap_or(0)
+        }
+        1 + depth(&self.tree())
+    }
+}
+
+/// One download scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Name for the table.
+    pub name: String,
+    /// Body size in bytes.
+    pub size: u64,
+    /// One-way WAN delay (every router to the origin).
+    pub wan_one_way: Duration,
+    /// A's uplink rate.
+    pub a_uplink: Rate,
+    /// A's neighbours.
+    pub neighbours: Vec<Neighbour>,
+    /// Model the slow-start ramp.
+    pub slow_start: bool,
+    /// Granularity of data reports to the planner.
+    pub report_chunk: u64,
+}
+
+impl Scenario {
+    /// A scenario with 20 Mbit/s at A, 10 ms one-way WAN delay, slow start
+    /// and 64 KiB reports.
+    pub fn new(name: &str, size: u64, neighbours: Vec<Neighbour>) -> Self {
+        Scenario {
+            name: name.to_string(),
+            size,
+            wan_one_way: Duration::from_millis(10),
+            a_uplink: Rate::from_mbit(20.0),
+            neighbours,
+            slow_start: true,
+            report_chunk: 64 << 10,
+        }
+    }
+
+    /// Size / sum of useful rates, before any change.
+    pub fn static_ideal(&self) -> Duration {
+        let total: Rate = self.a_uplink + self.neighbours.iter().map(Neighbour::deliverable).sum();
+        total.time_for(self.size).unwrap_or(Duration::MAX)
+    }
+
+    fn neighbour_rate(&self, i: usize, t: Duration) -> f64 {
+        let n = &self.neighbours[i];
+        let ideal = self.static_ideal().as_secs_f64();
+        if let Some(f) = n.dies_at
+            && t.as_secs_f64() >= f * ideal
+        {
+            return 0.0;
+        }
+        let factor = match n.rate_change {
+            Some((f, x)) if t.as_secs_f64() >= f * ideal => x,
+            _ => 1.0,
+        };
+        let behind: Rate = n.behind.iter().map(|(l, c)| c.deliverable(Some(*l))).sum();
+        (Rate::from_bytes_per_sec(n.uplink.bytes_per_sec() * factor) + behind)
+            .min(n.link)
+            .bytes_per_sec()
+    }
+
+    /// Times at which some neighbour's rate changes.
+    fn change_times(&self) -> Vec<Duration> {
+        let ideal = self.static_ideal().as_secs_f64();
+        let mut v: Vec<Duration> = self
+            .neighbours
+            .iter()
+            .flat_map(|n| {
+                n.rate_change
+                    .map(|(f, _)| f)
+                    .into_iter()
+                    .chain(n.dies_at)
+                    .map(|f| secs(f * ideal))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The ideal completion time with the rates as they change.
+    pub fn ideal(&self) -> Duration {
+        let mut t = Duration::ZERO;
+        let mut left = self.size as f64;
+        let mut marks = self.change_times();
+        marks.push(Duration::MAX);
+        for m in marks {
+            let cap = self.a_uplink.bytes_per_sec()
+                + (0..self.neighbours.len())
+                    .map(|i| self.neighbour_rate(i, t))
+                    .sum::<f64>();
+            if m == Duration::MAX {
+                return t + secs(left / cap);
+            }
+            let span = m.saturating_sub(t).as_secs_f64();
+            if cap * span >= left {
+                return t + secs(left / cap);
+            }
+            left -= cap * span;
+            t = m;
+        }
+        t
+    }
+}
+
+/// Outcome of one simulated download.
+#[derive(Debug, Clone)]
+pub struct DownloadResult {
+    /// Completion time (client has every byte), `None` if the simulation hit
+    /// its time limit.
+    pub completion: Option<Duration>,
+    /// The ideal.
+    pub ideal: Duration,
+    /// Requested cut.
+    pub cut_requested: Option<u64>,
+    /// Actual cut.
+    pub cut_actual: Option<u64>,
+    /// Most bytes buffered ahead of the delivery cursor at A.
+    pub peak_buffer: u64,
+    /// Bytes received per source (local first, then neighbours).
+    pub bytes_by_source: Vec<u64>,
+    /// Planner counters.
+    pub stats: crate::planner::PlanStats,
+    /// Simulation events processed.
+    pub steps: u64,
+}
+
+impl DownloadResult {
+    /// ideal / completion (0 if it did not complete).
+    pub fn efficiency(&self) -> f64 {
+        match self.completion {
+            Some(c) if !c.is_zero() => self.ideal.as_secs_f64() / c.as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Req {
+    piece: PieceId,
+    start: u64,
+    len: u64,
+    reported: u64,
+    progress: f64,
+    ready_at: Duration,
+}
+
+#[derive(Debug)]
+struct SimSource {
+    id: SourceId,
+    rtt: Duration,
+    wan_rtt: Duration,
+    queue: VecDeque<Req>,
+    idle_since: Option<Duration>,
+    /// Slow-start penalty still to be served by the head request.
+    ramp_left: Duration,
+}
+
+/// Time lost to slow start against full rate when a connection starts at
+/// `rate` with round trip `rtt`.
+pub fn slow_start_penalty(rate: f64, rtt: Duration) -> Duration {
+    let bdp = rate * rtt.as_secs_f64();
+    let mut w = 10.0 * 1448.0;
+    let mut lost = 0.0;
+    let mut rounds = 0;
+    while w < bdp && rounds < 64 {
+        lost += rtt.as_secs_f64() - w / rate;
+        w *= 2.0;
+        rounds += 1;
+    }
+    secs(lost)
+}
+
+/// Simulate one download at A with `policy`, seeding neighbours with
+/// their advertisement under `rule`.
+pub fn run_download(
+    sc: &Scenario,
+    policy: Policy,
+    rule: AdvertRule,
+    base: &PlannerConfig,
+) -> DownloadResult {
+    let ideal = sc.ideal();
+    let limit = ideal * 20 + Duration::from_secs(30);
+    let wan_rtt = sc.wan_one_way * 2;
+    let a_rate = sc.a_uplink.bytes_per_sec();
+    let chunk = sc.report_chunk.max(1);
+    let mut config = base.clone();
+    config.policy = policy;
+    let mut result = DownloadResult {
+        completion: None,
+        ideal,
+        cut_requested: None,
+        cut_actual: None,
+        peak_buffer: 0,
+        bytes_by_source: vec![0; sc.neighbours.len() + 1],
+        stats: Default::default(),
+        steps: 0,
+    };
+    let Ok(mut planner) = Planner::new(0..sc.size, config) else {
+        return result;
+    };
+    let t0 = Duration::ZERO;
+    let setup = (|| {
+        planner.add_source(SourceSpec::original_flow(sc.a_uplink, wan_rtt), t0)?;
+        let local = planner.add_source(SourceSpec::local(sc.a_uplink, wan_rtt), t0)?;
+        let mut srcs = vec![SimSource {
+            id: local,
+            rtt: wan_rtt,
+            wan_rtt,
+            queue: VecDeque::new(),
+            idle_since: None,
+            ramp_left: Duration::ZERO,
+        }];
+        for n in &sc.neighbours {
+            let rtt = wan_rtt + n.link_one_way * 2 * n.hops();
+            let id = planner.add_source(SourceSpec::peer(n.advertised(rule), n.link, rtt), t0)?;
+            srcs.push(SimSource {
+                id,
+                rtt,
+                wan_rtt,
+                queue: VecDeque::new(),
+                idle_since: None,
+                ramp_left: Duration::ZERO,
+            });
+        }
+        Ok::<_, crate::planner::PlanError>(srcs)
+    })();
+    let Ok(mut srcs) = setup else {
+        return result;
+    };
+
+    // The cut.
+    let requested = planner.requested_cut(t0);
+    result.cut_requested = requested;
+    let in_flight = (a_rate * wan_rtt.as_secs_f64()) as u64;
+    let actual = match requested {
+        Some(c) => c.max(in_flight).min(sc.size),
+        None => sc.size,
+    };
+    if requested.is_some() {
+        if planner.set_cut(actual, t0).is_err() {
+            return result;
+        }
+        result.cut_actual = Some(actual);
+    }
+    let orig_end_time = secs(actual as f64 / a_rate);
+    let mut orig_delivered = 0u64;
+
+    let rate_of = |i: usize, t: Duration| -> f64 {
+        if i == 0 {
+            if t < orig_end_time { 0.0 } else { a_rate }
+        } else {
+            sc.neighbour_rate(i - 1, t)
+        }
+    };
+    let mut marks: VecDeque<Duration> = sc.change_times().into();
+    marks.push_back(orig_end_time);
+    let mut marks: Vec<Duration> = marks.into();
+    marks.sort();
+
+    let mut received = RangeSet::new();
+    let mut t = t0;
+    loop {
+        result.steps += 1;
+        // 1. Hand out work and apply cancellations.
+        for (i, s) in srcs.iter_mut().enumerate() {
+            while let Some(a) = planner.next_assignment(s.id, t) {
+                let mut ready = t + s.rtt;
+                if i == 0 {
+                    ready = ready.max(orig_end_time);
+                }
+                if s.queue.is_empty() {
+                    let cold = s
+                        .idle_since
+                        .is_none_or(|since| t.saturating_sub(since) > Duration::from_millis(200));
+                    if sc.slow_start && cold {
+                        let r = if i == 0 { a_rate } else { rate_of(i, t) };
+                        s.ramp_left = slow_start_penalty(r, s.wan_rtt);
+                    }
+                }
+                s.queue.push_back(Req {
+                    piece: a.piece,
+                    start: a.range.start,
+                    len: a.range.end - a.range.start,
+                    reported: 0,
+                    progress: 0.0,
+                    ready_at: ready,
+                });
+            }
+        }
+        while let Some(ev) = planner.poll_event() {
+            if let PlanEvent::Cancel { piece, source, .. } = ev
+                && let Some(s) = srcs.iter_mut().find(|s| s.id == source)
+            {
+                s.queue.retain(|r| r.piece != piece);
+                if s.queue.is_empty() {
+                    s.idle_since = Some(t);
+                }
+            }
+        }
+        let cursor = received.contiguous_end(0);
+        if cursor >= sc.size {
+            result.completion = Some(t);
+            break;
+        }
+        // 2. Next event.
+        let mut next = Duration::MAX;
+        if orig_delivered < actual {
+            let b = (orig_delivered + chunk).min(actual);
+            next = next.min(secs(b as f64 / a_rate).max(t));
+        }
+        for (i, s) in srcs.iter().enumerate() {
+            let Some(h) = s.queue.front() else { continue };
+            let r = rate_of(i, t);
+            if r <= 0.0 {
+                continue;
+            }
+            let start = t.max(h.ready_at) + s.ramp_left;
+            let boundary = (h.reported + chunk).min(h.len) as f64;
+            next = next.min(start + secs((boundary - h.progress).max(0.0) / r));
+        }
+        if let Some(m) = marks.iter().find(|m| **m > t) {
+            next = next.min(*m);
+        }
+        if let Some(pt) = planner.poll_timeout() {
+            next = next.min(pt.max(t));
+        }
+        if next == Duration::MAX || next > limit {
+            break;
+        }
+        // 3. Advance fluid progress to `next`.
+        for (i, s) in srcs.iter_mut().enumerate() {
+            let r = rate_of(i, t);
+            let Some(h) = s.queue.front_mut() else {
+                continue;
+            };
+            let from = t.max(h.ready_at);
+            if next <= from || r <= 0.0 {
+                continue;
+            }
+            let mut dt = next - from;
+            if !s.ramp_left.is_zero() {
+                let used = dt.min(s.ramp_left);
+                s.ramp_left -= used;
+                dt -= used;
+            }
+            h.progress = (h.progress + r * dt.as_secs_f64()).min(h.len as f64);
+        }
+        t = next;
+        // 4. Reports.
+        while orig_delivered < actual {
+            let b = (orig_delivered + chunk).min(actual);
+            if secs(b as f64 / a_rate) <= t {
+                orig_delivered = b;
+            } else {
+                break;
+            }
+        }
+        received.insert(0..orig_delivered);
+        for (i, s) in srcs.iter_mut().enumerate() {
+            while let Some(h) = s.queue.front_mut() {
+                let boundary = (h.reported + chunk).min(h.len);
+                if h.progress + 0.5 < boundary as f64 {
+                    break;
+                }
+                let n = boundary - h.reported;
+                received.insert(h.start + h.reported..h.start + boundary);
+                h.reported = boundary;
+                h.progress = h.progress.max(boundary as f64);
+                let piece = h.piece;
+                let done = h.reported == h.len;
+                result.bytes_by_source[i] += n;
+                // Errors here mean a cancel raced the data: drop the bytes.
+                let _ = planner.on_piece_data(piece, n, t);
+                if done {
+                    s.queue.pop_front();
+                    let _ = planner.on_piece_done(piece, t);
+                    if s.queue.is_empty() {
+                        s.idle_since = Some(t);
+                    }
+                }
+            }
+        }
+        let cursor = received.contiguous_end(0);
+        planner.on_delivered(cursor, t);
+        result.peak_buffer = result
+            .peak_buffer
+            .max(received.covered_in(&(cursor..sc.size)));
+        if planner.poll_timeout().is_some_and(|pt| pt <= t) {
+            planner.handle_timeout(t);
+        }
+    }
+    result.stats = planner.stats().clone();
+    result
+}
+
+/// SplitMix64: a tiny seeded generator for reproducible meshes.
+#[derive(Debug, Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_f64() * n as f64) as usize % n.max(1)
+    }
+}
+
+/// A random mesh negotiation experiment.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshConfig {
+    /// Routers.
+    pub routers: usize,
+    /// Expected neighbours per router.
+    pub avg_degree: f64,
+    /// Maximum delegation depth (hops from the initiator).
+    pub depth_limit: u32,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// What the negotiation did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeshReport {
+    /// Routers.
+    pub routers: usize,
+    /// Undirected links.
+    pub links: usize,
+    /// Routers that committed (including the initiator).
+    pub involved: usize,
+    /// Depth of the session tree.
+    pub tree_depth: u32,
+    /// Negotiations refused because the router had already committed.
+    pub refusals: u64,
+    /// Commitments made by a router already committed to the key (must be 0).
+    pub double_commitments: u64,
+    /// Negotiate messages sent.
+    pub negotiate_messages: u64,
+    /// Time of the last commitment.
+    pub settle_time: Duration,
+    /// The initiator's view under the seed's average rule.
+    pub advert_average: Rate,
+    /// The initiator's view under the capped-sum rule.
+    pub advert_capped_sum: Rate,
+    /// What the tree can deliver (fluid model).
+    pub deliverable: Rate,
+    /// Routers released by the cancel flood.
+    pub released_by_cancel: usize,
+    /// Table entries left after the cancel (must be 0).
+    pub leftover_entries: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Msg {
+    Negotiate { from: usize, to: usize, depth: u32 },
+    Accept { child: usize, parent: usize },
+    Refuse,
+    Cancel { to: usize },
+}
+
+/// Flood a session negotiation over a random geometric mesh, then cancel it.
+pub fn run_mesh(cfg: MeshConfig) -> MeshReport {
+    let n = cfg.routers.max(1);
+    let mut rng = SplitMix64::new(cfg.seed);
+    let pos: Vec<(f64, f64)> = (0..n).map(|_| (rng.next_f64(), rng.next_f64())).collect();
+    let uplink: Vec<Rate> = (0..n)
+        .map(|_| Rate::from_mbit(5.0 + 45.0 * rng.next_f64()))
+        .collect();
+    let radius = (cfg.avg_degree / (std::f64::consts::PI * n as f64)).sqrt();
+    // adj[i] = (j, link rate, one-way latency)
+    let mut adj: Vec<Vec<(usize, Rate, Duration)>> = vec![Vec::new(); n];
+    let mut links = 0;
+    for i in 0..n {
+        for j in i + 1..n {
+            let d = ((pos[i].0 - pos[j].0).powi(2) + (pos[i].1 - pos[j].1).powi(2)).sqrt();
+            if d < radius {
+                let quality = 1.0 - d / radius;
+                let link = Rate::from_mbit(54.0 * (0.2 + 0.8 * quality));
+                let lat = Duration::from_micros(1000 + (rng.next_f64() * 2000.0) as u64);
+                adj[i].push((j, link, lat));
+                adj[j].push((i, link, lat));
+                links += 1;
+            }
+        }
+    }
+    let limits = SessionLimits {
+        capacity: 64,
+        idle_timeout: Duration::from_secs(30),
+        max_sub_delegates: 64,
+    };
+    let mut tables: Vec<SessionTable<usize>> = (0..n).map(|_| SessionTable::new(limits)).collect();
+    let mut key_bytes = [0u8; 16];
+    key_bytes[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+    key_bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+    let key = SessionKey::from_bytes(key_bytes);
+    let initiator = rng.below(n);
+
+    let mut committed = vec![false; n];
+    let mut depth_of = vec![0u32; n];
+    let mut parent: Vec<Option<usize>> = vec![None; n];
+    let mut report = MeshReport {
+        routers: n,
+        links,
+        involved: 0,
+        tree_depth: 0,
+        refusals: 0,
+        double_commitments: 0,
+        negotiate_messages: 0,
+        settle_time: Duration::ZERO,
+        advert_average: Rate::ZERO,
+        advert_capped_sum: Rate::ZERO,
+        deliverable: Rate::ZERO,
+        released_by_cancel: 0,
+        leftover_entries: 0,
+    };
+    let mut queue: BinaryHeap<Reverse<(Duration, u64, Msg)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut push = |q: &mut BinaryHeap<Reverse<(Duration, u64, Msg)>>, t: Duration, m: Msg| {
+        seq += 1;
+        q.push(Reverse((t, seq, m)));
+    };
+    let t0 = Duration::ZERO;
+    if tables[initiator].try_commit(key, None, t0).is_ok() {
+        committed[initiator] = true;
+    }
+    for &(j, _, lat) in &adj[initiator] {
+        report.negotiate_messages += 1;
+        push(
+            &mut queue,
+            t0 + lat,
+            Msg::Negotiate {
+                from: initiator,
+                to: j,
+                depth: 1,
+            },
+        );
+    }
+    let latency = |a: usize, b: usize| -> Duration {
+        adj[a]
+            .iter()
+            .find(|x| x.0 == b)
+            .map_or(Duration::from_millis(1), |x| x.2)
+    };
+    while let Some(Reverse((t, _, msg))) = queue.pop() {
+        match msg {
+            Msg::Negotiate { from, to, depth } => match tables[to].try_commit(key, Some(from), t) {
+                Ok(()) => {
+                    if committed[to] {
+                        report.double_commitments += 1;
+                    }
+                    committed[to] = true;
+                    depth_of[to] = depth;
+                    parent[to] = Some(from);
+                    report.settle_time = report.settle_time.max(t);
+                    push(
+                        &mut queue,
+                        t + latency(to, from),
+                        Msg::Accept {
+                            child: to,
+                            parent: from,
+                        },
+                    );
+                    if depth < cfg.depth_limit {
+                        for &(j, _, lat) in &adj[to] {
+                            if j != from {
+                                report.negotiate_messages += 1;
+                                push(
+                                    &mut queue,
+                                    t + lat,
+                                    Msg::Negotiate {
+                                        from: to,
+                                        to: j,
+                                        depth: depth + 1,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(_) => {
+                    report.refusals += 1;
+                    push(&mut queue, t + latency(to, from), Msg::Refuse);
+                }
+            },
+            Msg::Accept { child, parent: p } => {
+                if tables[p].add_sub_delegate(&key, child, t).is_err() {
+                    // Could not record it: release the child at once.
+                    push(&mut queue, t + latency(p, child), Msg::Cancel { to: child });
+                }
+            }
+            Msg::Refuse | Msg::Cancel { .. } => {
+                if let Msg::Cancel { to } = msg
+                    && let Some(rel) = tables[to].cancel(&key)
+                {
+                    committed[to] = false;
+                    report.released_by_cancel += 1;
+                    for c in rel.sub_delegates {
+                        push(&mut queue, t + latency(to, c), Msg::Cancel { to: c });
+                    }
+                }
+            }
+        }
+    }
+    report.involved = committed.iter().filter(|c| **c).count();
+    report.tree_depth = (0..n)
+        .filter(|i| committed[*i])
+        .map(|i| depth_of[i])
+        .max()
+        .unwrap_or(0);
+
+    // Advertisements over the session tree, bottom-up.
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in 0..n {
+        if committed[i]
+            && let Some(p) = parent[i]
+            && tables[p]
+                .get(&key)
+                .is_some_and(|c| c.sub_delegates.contains(&i))
+        {
+            children[p].push(i);
+        }
+    }
+    fn build(
+        i: usize,
+        children: &[Vec<usize>],
+        uplink: &[Rate],
+        adj: &[Vec<(usize, Rate, Duration)>],
+    ) -> AdvertTree {
+        AdvertTree {
+            own: uplink[i],
+            children: children[i]
+                .iter()
+                .map(|&c| {
+                    let link = adj[i].iter().find(|x| x.0 == c).map_or(Rate::ZERO, |x| x.1);
+                    (link, build(c, children, uplink, adj))
+                })
+                .collect(),
+        }
+    }
+    let tree = build(initiator, &children, &uplink, &adj);
+    report.advert_average = tree.advertise(AdvertRule::Average, None);
+    report.advert_capped_sum = tree.advertise(AdvertRule::CappedSum, None);
+    report.deliverable = tree.deliverable(None);
+
+    // Cancel from the initiator, forwarded down the recorded sub-delegates.
+    let t_cancel = report.settle_time + Duration::from_secs(1);
+    push(&mut queue, t_cancel, Msg::Cancel { to: initiator });
+    while let Some(Reverse((t, _, msg))) = queue.pop() {
+        if let Msg::Cancel { to } = msg
+            && let Some(rel) = tables[to].cancel(&key)
+        {
+            report.released_by_cancel += 1;
+            for c in rel.sub_delegates {
+                push(&mut queue, t + latency(to, c), Msg::Cancel { to: c });
+            }
+        }
+    }
+    report.leftover_entries = tables.iter().map(SessionTable::len).sum();
+    report
+}
+
+/// The download scenarios of the assignment.
+pub fn standard_scenarios(size: u64) -> Vec<Scenario> {
+    let nb = |m: f64| Neighbour::new(m, 54.0);
+    let mut v = vec![
+        Scenario::new("2 routers 20+20", size, vec![nb(20.0)]),
+        Scenario::new("3 routers 20x3", size, vec![nb(20.0), nb(20.0)]),
+        Scenario::new("4 routers 20x4", size, vec![nb(20.0), nb(20.0), nb(20.0)]),
+        Scenario::new("8 routers 20x8", size, (0..7).map(|_| nb(20.0)).collect()),
+        Scenario::new("hetero 20+5", size, vec![nb(5.0)]),
+    ];
+    let mut two_hop = nb(10.0);
+    two_hop.behind = vec![
+        (
+            Rate::from_mbit(54.0),
+            AdvertTree::leaf(Rate::from_mbit(20.0)),
+        ),
+        (
+            Rate::from_mbit(54.0),
+            AdvertTree::leaf(Rate::from_mbit(20.0)),
+        ),
+    ];
+    v.push(Scenario::new(
+        "2-hop: B10 + C20,D20 behind B",
+        size,
+        vec![two_hop],
+    ));
+    v.push(Scenario::new(
+        "slow link: B50 over 11",
+        size,
+        vec![Neighbour::new(50.0, 11.0)],
+    ));
+    let mut drop = nb(20.0);
+    drop.rate_change = Some((0.5, 0.25));
+    v.push(Scenario::new(
+        "3 routers, C drops 4x at 1/2",
+        size,
+        vec![nb(20.0), drop],
+    ));
+    let mut dies = nb(20.0);
+    dies.dies_at = Some(0.5);
+    v.push(Scenario::new(
+        "3 routers, C dies at 1/2",
+        size,
+        vec![nb(20.0), dies],
+    ));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_start_penalty_is_small_and_monotone() {
+        let rtt = Duration::from_millis(20);
+        let slow = slow_start_penalty(Rate::from_mbit(5.0).bytes_per_sec(), rtt);
+        let fast = slow_start_penalty(Rate::from_mbit(100.0).bytes_per_sec(), rtt);
+        assert!(slow <= fast);
+        assert!(fast < Duration::from_millis(200));
+        assert_eq!(slow_start_penalty(1000.0, rtt), Duration::ZERO);
+    }
+
+    #[test]
+    fn ideal_accounts_for_changes() {
+        let mut sc = Scenario::new("x", 32 << 20, vec![Neighbour::new(20.0, 54.0)]);
+        let stat = sc.static_ideal();
+        assert_eq!(sc.ideal(), stat);
+        sc.neighbours[0].dies_at = Some(0.5);
+        let ideal = sc.ideal().as_secs_f64();
+        // Half the bytes at 40 Mbit/s, the other half at 20: 1.5 x static.
+        assert!((ideal / stat.as_secs_f64() - 1.5).abs() < 1e-3, "{ideal}");
+    }
+}
