@@ -73,6 +73,45 @@ pub fn query(socket: &Path) -> anyhow::Result<Snapshot> {
     Ok(serde_json::from_str(&text)?)
 }
 
+/// Serves snapshots on `socket` until the task is dropped: each connection
+/// gets `snapshot()` as JSON and is closed. A stale socket file is replaced;
+/// the socket is made owner-only (it reveals URLs being downloaded).
+pub async fn serve<F>(socket: &Path, snapshot: F) -> std::io::Result<()>
+where
+    F: Fn() -> Snapshot + Send + Sync + 'static,
+{
+    use std::os::unix::fs::PermissionsExt as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    if socket.exists() {
+        std::fs::remove_file(socket)?;
+    }
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let text = match serde_json::to_vec(&snapshot()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "status snapshot not serialisable");
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let write = stream.write_all(&text);
+            if tokio::time::timeout(Duration::from_secs(5), write)
+                .await
+                .is_err()
+            {
+                tracing::debug!("status client too slow; dropped");
+            }
+        });
+    }
+}
+
 fn mbit(bps: f64) -> String {
     format!("{:.1} Mbit/s", bps / 1e6)
 }
@@ -133,6 +172,35 @@ pub fn render_table(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn served_snapshot_reaches_query() {
+        let dir = std::env::temp_dir().join(format!("tandem-status-{}", std::process::id()));
+        let sock = dir.join("s.sock");
+        let path = sock.clone();
+        let server = tokio::spawn(async move {
+            serve(&path, || Snapshot {
+                node: "served".into(),
+                ..Default::default()
+            })
+            .await
+        });
+        let mut got = None;
+        for _ in 0..100 {
+            let p = sock.clone();
+            if let Ok(s) = tokio::task::spawn_blocking(move || query(&p))
+                .await
+                .unwrap()
+            {
+                got = Some(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server.abort();
+        assert_eq!(got.expect("daemon answered").node, "served");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn snapshot_round_trips_through_json_and_renders() {
