@@ -445,19 +445,20 @@ impl RangeFetcher {
                 });
             }
             filled += n;
-            match ResponseHead::parse(&self.buf[..filled]) {
-                Ok(Parse::Complete { head, head_len }) => {
-                    if head.status == 100 {
-                        // Interim response: drop it and read on.
+            // Parse; skip interim (1xx) responses already in the buffer.
+            loop {
+                match ResponseHead::parse(&self.buf[..filled]) {
+                    Ok(Parse::Complete { head, head_len }) if (100..200).contains(&head.status) => {
                         self.buf.copy_within(head_len..filled, 0);
                         filled -= head_len;
-                        continue;
                     }
-                    return Ok((head, head_len, filled));
+                    Ok(Parse::Complete { head, head_len }) => return Ok((head, head_len, filled)),
+                    Ok(Parse::Partial) => break,
+                    Err(HeadError::TooLarge) => {
+                        return Err(Retry::Fail(FetchError::HeadTooLarge));
+                    }
+                    Err(e) => return Err(Retry::Fail(FetchError::BadHead(e))),
                 }
-                Ok(Parse::Partial) => {}
-                Err(HeadError::TooLarge) => return Err(Retry::Fail(FetchError::HeadTooLarge)),
-                Err(e) => return Err(Retry::Fail(FetchError::BadHead(e))),
             }
             if filled == self.buf.len() {
                 return Err(Retry::Fail(FetchError::HeadTooLarge));
