@@ -1198,6 +1198,29 @@ impl Planner {
     fn proportional_pick(&mut self, source: SourceId) -> Option<(Range<u64>, bool)> {
         let hi = self.cursor.saturating_add(self.config.window);
         self.generate_rounds();
+        // Chunks may have been overtaken by received bytes (a later cut):
+        // keep only their still-missing parts.
+        let filled = &self.filled;
+        let mut clipped = Vec::with_capacity(self.prop.chunks.len());
+        for c in self.prop.chunks.drain(..) {
+            let mut at = c.range.start;
+            while at < c.range.end {
+                let start = filled.first_missing(at);
+                if start >= c.range.end {
+                    break;
+                }
+                let end = filled
+                    .next_present(start)
+                    .unwrap_or(u64::MAX)
+                    .min(c.range.end);
+                clipped.push(Chunk {
+                    range: start..end,
+                    owner: c.owner,
+                });
+                at = end;
+            }
+        }
+        self.prop.chunks = clipped;
         // Own chunk first (in body order), then any ownerless one.
         let idx = self
             .prop

@@ -1,0 +1,203 @@
+//! Assertions over the deterministic simulations (see `tandem_plan::sim`).
+//! Figures are simulated time, so these are not timing-sensitive.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::time::Duration;
+
+use tandem_plan::sim::{
+    MeshConfig, Neighbour, Scenario, run_download, run_mesh, standard_scenarios,
+};
+use tandem_plan::{AdvertRule, PlannerConfig, Policy};
+
+const MIB: u64 = 1 << 20;
+
+fn two_routers() -> Scenario {
+    // 32 MiB, A and B at 20 Mbit/s, 10 ms one-way WAN delay, 54 Mbit/s mesh link.
+    Scenario::new(
+        "2 routers 20+20",
+        32 * MIB,
+        vec![Neighbour::new(20.0, 54.0)],
+    )
+}
+
+#[test]
+fn dynamic_reaches_95_percent_of_ideal_on_two_routers() {
+    let sc = two_routers();
+    assert_eq!(sc.wan_one_way, Duration::from_millis(10));
+    let r = run_download(
+        &sc,
+        Policy::Dynamic,
+        AdvertRule::CappedSum,
+        &PlannerConfig::default(),
+    );
+    let eff = r.efficiency();
+    assert!(
+        eff >= 0.95,
+        "efficiency {eff:.3}, completion {:?}, ideal {:?}",
+        r.completion,
+        r.ideal
+    );
+    // Both uplinks carried a fair part of the body.
+    assert!(r.bytes_by_source[1] > 12 * MIB, "{:?}", r.bytes_by_source);
+    assert!(r.cut_actual.is_some_and(|c| c < MIB));
+}
+
+#[test]
+fn dynamic_beats_proportional_when_a_neighbour_slows_down() {
+    let sc = standard_scenarios(32 * MIB)
+        .into_iter()
+        .find(|s| s.neighbours.iter().any(|n| n.rate_change.is_some()))
+        .unwrap();
+    let cfg = PlannerConfig::default();
+    let dynamic = run_download(&sc, Policy::Dynamic, AdvertRule::CappedSum, &cfg);
+    let prop = run_download(&sc, Policy::Proportional, AdvertRule::CappedSum, &cfg);
+    let (d, p) = (dynamic.completion.unwrap(), prop.completion.unwrap());
+    assert!(d < p, "dynamic {d:?} vs proportional {p:?}");
+    assert!(dynamic.efficiency() > 0.9, "{}", dynamic.efficiency());
+}
+
+#[test]
+fn dynamic_completes_when_a_neighbour_dies() {
+    let sc = standard_scenarios(32 * MIB)
+        .into_iter()
+        .find(|s| s.neighbours.iter().any(|n| n.dies_at.is_some()))
+        .unwrap();
+    for policy in [Policy::Dynamic, Policy::Proportional] {
+        let r = run_download(
+            &sc,
+            policy,
+            AdvertRule::CappedSum,
+            &PlannerConfig::default(),
+        );
+        assert!(r.completion.is_some(), "{policy:?} did not complete");
+        assert!(r.completion.unwrap() > r.ideal);
+    }
+}
+
+#[test]
+fn a_neighbour_dying_before_sending_anything_is_survived() {
+    let mut dead = Neighbour::new(20.0, 54.0);
+    dead.dies_at = Some(0.0);
+    let sc = Scenario::new(
+        "dead at start",
+        8 * MIB,
+        vec![Neighbour::new(20.0, 54.0), dead],
+    );
+    let r = run_download(
+        &sc,
+        Policy::Dynamic,
+        AdvertRule::CappedSum,
+        &PlannerConfig::default(),
+    );
+    assert!(r.completion.is_some());
+    assert_eq!(r.bytes_by_source[2], 0);
+    assert!(r.stats.stalls >= 1 || r.stats.duplicates_assigned >= 1);
+}
+
+#[test]
+fn every_standard_scenario_completes_within_the_window() {
+    let cfg = PlannerConfig::default();
+    for sc in standard_scenarios(16 * MIB) {
+        for policy in [Policy::Dynamic, Policy::Proportional] {
+            for rule in [AdvertRule::CappedSum, AdvertRule::Average] {
+                let r = run_download(&sc, policy, rule, &cfg);
+                assert!(r.completion.is_some(), "{} {policy:?} {rule:?}", sc.name);
+                assert!(
+                    r.peak_buffer <= cfg.window,
+                    "{} {policy:?}: peak {}",
+                    sc.name,
+                    r.peak_buffer
+                );
+                // Every byte of the body arrived exactly once from the point of
+                // view of the client; redundant transfer is bounded.
+                let fetched: u64 = r.bytes_by_source.iter().sum();
+                assert!(
+                    fetched <= sc.size + sc.size / 4,
+                    "{} {policy:?}: fetched {fetched}",
+                    sc.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn capped_sum_is_no_worse_than_average_on_two_hops() {
+    let sc = standard_scenarios(32 * MIB)
+        .into_iter()
+        .find(|s| s.neighbours.iter().any(|n| !n.behind.is_empty()))
+        .unwrap();
+    let cfg = PlannerConfig::default();
+    for policy in [Policy::Dynamic, Policy::Proportional] {
+        let capped = run_download(&sc, policy, AdvertRule::CappedSum, &cfg)
+            .completion
+            .unwrap();
+        let avg = run_download(&sc, policy, AdvertRule::Average, &cfg)
+            .completion
+            .unwrap();
+        assert!(capped <= avg, "{policy:?}: capped {capped:?} avg {avg:?}");
+    }
+}
+
+#[test]
+fn simulation_is_deterministic() {
+    let sc = standard_scenarios(8 * MIB).pop().unwrap();
+    let a = run_download(
+        &sc,
+        Policy::Dynamic,
+        AdvertRule::CappedSum,
+        &PlannerConfig::default(),
+    );
+    let b = run_download(
+        &sc,
+        Policy::Dynamic,
+        AdvertRule::CappedSum,
+        &PlannerConfig::default(),
+    );
+    assert_eq!(a.completion, b.completion);
+    assert_eq!(a.stats, b.stats);
+    assert_eq!(run_mesh(mesh(100, 7)), run_mesh(mesh(100, 7)));
+}
+
+fn mesh(routers: usize, seed: u64) -> MeshConfig {
+    MeshConfig {
+        routers,
+        avg_degree: 6.0,
+        depth_limit: 3,
+        seed,
+    }
+}
+
+#[test]
+fn mesh_negotiation_never_double_commits() {
+    for (routers, seeds) in [(100usize, 1..=5u64), (1000, 1..=2)] {
+        for seed in seeds {
+            let r = run_mesh(mesh(routers, seed));
+            assert_eq!(r.double_commitments, 0, "{routers}/{seed}");
+            assert!(r.tree_depth <= 3);
+            assert!(r.involved >= 1 && r.involved <= routers);
+            // Overlapping neighbourhoods: several paths reach some routers.
+            assert!(r.refusals > 0 || r.involved < 4, "{r:?}");
+            // Cancel reached every committed router and left nothing behind.
+            assert_eq!(r.released_by_cancel, r.involved);
+            assert_eq!(r.leftover_entries, 0);
+            assert!(r.advert_capped_sum.bytes_per_sec() <= r.deliverable.bytes_per_sec() + 1e-6);
+        }
+    }
+}
+
+#[test]
+fn deeper_limit_involves_more_routers() {
+    let shallow = run_mesh(MeshConfig {
+        depth_limit: 1,
+        ..mesh(1000, 3)
+    });
+    let deep = run_mesh(MeshConfig {
+        depth_limit: 6,
+        ..mesh(1000, 3)
+    });
+    assert!(shallow.tree_depth <= 1);
+    assert!(deep.involved > shallow.involved);
+    assert_eq!(deep.double_commitments, 0);
+}
