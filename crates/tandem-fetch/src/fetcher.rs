@@ -66,6 +66,33 @@ pub struct Resource {
     pub total_len: u64,
 }
 
+impl Resource {
+    /// The resource of a client's exchange: `request` as the client sent
+    /// it to `origin`, `response` the head the origin answered. The `Host`
+    /// is the request's (or the origin address when the request has none);
+    /// the validator and length come from the response. `None` if the
+    /// response has no usable validator or `Content-Length` (such a
+    /// response is not eligible anyway).
+    pub fn from_exchange(
+        origin: SocketAddr,
+        request: RequestHead,
+        response: &ResponseHead,
+    ) -> Option<Self> {
+        let validator = response.validator()?;
+        let total_len = response.content_length().ok().flatten()?;
+        let host = request
+            .host()
+            .map_or_else(|| origin.to_string(), str::to_owned);
+        Some(Self {
+            origin,
+            host,
+            request,
+            validator,
+            total_len,
+        })
+    }
+}
+
 /// Which phase of a fetch timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -623,9 +650,11 @@ impl PieceBody<'_> {
         let offset = self.next;
         let f = &mut *self.fetcher;
         if !self.pending.is_empty() {
-            let p = std::mem::replace(&mut self.pending, 0..0);
-            self.next += p.len() as u64;
-            f.stats.body_bytes += p.len() as u64;
+            let n = self.pending.len().min(f.config.chunk_size);
+            let p = self.pending.start..self.pending.start + n;
+            self.pending.start += n;
+            self.next += n as u64;
+            f.stats.body_bytes += n as u64;
             return Ok(Some((offset, &f.buf[p])));
         }
         let Some(conn) = f.conn.as_mut() else {

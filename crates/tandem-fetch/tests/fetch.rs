@@ -288,3 +288,59 @@ async fn binds_the_given_source_address() {
     let e = f.fetch(0..5).await.unwrap_err();
     assert!(matches!(e, FetchError::Io(_)), "{e}");
 }
+
+#[tokio::test]
+async fn small_chunks_even_for_bytes_read_with_the_head() {
+    let content = data(20_000, 16);
+    let files = OriginFiles::memory();
+    files.insert("/x.bin", content.clone());
+    let addr = start_origin(files).await;
+    let res = learn_resource(addr, "/x.bin").await;
+    let mut cfg = loopback_config(addr);
+    cfg.chunk_size = 1024;
+    let mut f = RangeFetcher::new(res, cfg).unwrap();
+    let ranges: Vec<_> = (0..4).map(|i| i * 5000..(i + 1) * 5000).collect();
+    let got = reassemble(&mut f, &ranges, 1024).await;
+    assert!(got == content);
+}
+
+#[test]
+fn fetch_futures_are_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let res = resource_for(addr, 10, "\"e\"");
+    let mut f = RangeFetcher::new(res, loopback_config(addr)).unwrap();
+    assert_send(&f);
+    let fut = f.fetch(0..1);
+    assert_send(&fut);
+}
+
+#[test]
+fn resource_from_a_client_exchange() {
+    use tandem_fetch::Resource;
+    use tandem_http::{Parse, ResponseHead};
+    let addr: std::net::SocketAddr = "203.0.113.5:80".parse().unwrap();
+    let Parse::Complete { head: resp, .. } =
+        ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 123\r\nETag: \"x\"\r\n\r\n")
+            .unwrap()
+    else {
+        panic!()
+    };
+    let r = Resource::from_exchange(addr, client_request("/a", "site.test"), &resp).unwrap();
+    assert_eq!((r.host.as_str(), r.total_len), ("site.test", 123));
+    assert_eq!(r.validator, tandem_http::Validator::ETag("\"x\"".into()));
+    let Parse::Complete { head: req, .. } =
+        tandem_http::RequestHead::parse(b"GET /a HTTP/1.0\r\n\r\n").unwrap()
+    else {
+        panic!()
+    };
+    let r = Resource::from_exchange(addr, req, &resp).unwrap();
+    assert_eq!(r.host, "203.0.113.5:80");
+    let Parse::Complete { head: weak, .. } =
+        ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nETag: W/\"x\"\r\n\r\n")
+            .unwrap()
+    else {
+        panic!()
+    };
+    assert!(Resource::from_exchange(addr, client_request("/a", "h"), &weak).is_none());
+}
