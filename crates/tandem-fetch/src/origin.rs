@@ -558,6 +558,16 @@ mod tests {
     }
 
     #[test]
+    fn dates_parse_back() {
+        let mut t = 0u64;
+        while t < 5_000_000_000 {
+            let d = http_date(UNIX_EPOCH + Duration::from_secs(t));
+            assert_eq!(tandem_http::parse_http_date(&d), Some(t), "{d}");
+            t = t * 3 + 12_345;
+        }
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(url_path("/a/b.mp4?x=1").as_deref(), Some("/a/b.mp4"));
         assert_eq!(url_path("/a%20b").as_deref(), Some("/a b"));

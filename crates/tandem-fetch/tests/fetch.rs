@@ -344,3 +344,33 @@ fn resource_from_a_client_exchange() {
     };
     assert!(Resource::from_exchange(addr, client_request("/a", "h"), &weak).is_none());
 }
+
+#[tokio::test]
+async fn last_modified_validator_and_its_change() {
+    let dir = temp_dir("lm");
+    let path = dir.join("song.mp3");
+    std::fs::write(&path, data(100_000, 17)).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let addr = start_origin(OriginFiles::dir(&dir)).await;
+    let mut res = learn_resource(addr, "/song.mp3").await;
+    // Use the date instead of the ETag, as for an origin without ETag.
+    res.validator = tandem_http::Validator::LastModified(tandem_fetch::http_date(old));
+    let mut f = RangeFetcher::new(res, loopback_config(addr)).unwrap();
+    assert_eq!(f.fetch_with(0..50_000, |_, _| {}).await.unwrap(), 50_000);
+    let newer = old + std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(newer)
+        .unwrap();
+    let e = f.fetch(50_000..100_000).await.unwrap_err();
+    assert!(e.is_resource_changed(), "{e}");
+    std::fs::remove_dir_all(dir).ok();
+}

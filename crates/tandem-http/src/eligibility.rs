@@ -316,7 +316,7 @@ mod tests {
     fn accelerates_with_last_modified_only() {
         let r = resp_sub(
             "ETag: \"v1\"",
-            "Last-Modified: Tue, 15 Nov 1994 08:12:31 GMT",
+            "Last-Modified: Tue, 15 Nov 1994 08:12:31 GMT\r\nDate: Tue, 15 Nov 1994 08:13:00 GMT",
         );
         assert_eq!(
             decide(&req(GOOD_REQ), &r, &EligibilityConfig::default()),
@@ -508,6 +508,12 @@ mod tests {
         let r = resp_sub("ETag: \"v1\"\r\n", "");
         assert_eq!(pass(&req(GOOD_REQ), &r), PassReason::NoStrongValidator);
         let r = resp_sub("ETag: \"v1\"", "ETag: W/\"v1\"");
+        assert_eq!(pass(&req(GOOD_REQ), &r), PassReason::NoStrongValidator);
+        // Last-Modified within the second of Date is weak.
+        let r = resp_sub(
+            "ETag: \"v1\"",
+            "Last-Modified: Tue, 15 Nov 1994 08:12:31 GMT\r\nDate: Tue, 15 Nov 1994 08:12:31 GMT",
+        );
         assert_eq!(pass(&req(GOOD_REQ), &r), PassReason::NoStrongValidator);
     }
 

@@ -369,17 +369,26 @@ impl ResponseHead {
     }
 
     /// The strongest validator the response carries: a strong `ETag` if
-    /// present, else `Last-Modified`. Weak ETags (`W/"..."`) are ignored.
+    /// present (weak `W/"..."` tags are ignored), else a *strong*
+    /// `Last-Modified` date.
+    ///
+    /// Following RFC 9110 8.8.2.2 and 13.1.5, a `Last-Modified` date is
+    /// strong (usable in `If-Range`) only if the response also has a
+    /// `Date` and the modification time is at least one second before it:
+    /// a resource modified within the second of the response could change
+    /// again without its date changing. Both must be IMF-fixdates
+    /// (`Sun, 06 Nov 1994 08:49:37 GMT`); other date forms are treated as
+    /// weak.
     pub fn validator(&self) -> Option<Validator> {
         if let Some(t) = self.headers.get_str("etag") {
             if is_strong_etag(t) {
                 return Some(Validator::ETag(t.to_owned()));
             }
         }
-        self.headers
-            .get_str("last-modified")
-            .filter(|d| !d.is_empty() && d.bytes().all(|c| (0x20..0x7f).contains(&c)))
-            .map(|d| Validator::LastModified(d.to_owned()))
+        let lm = self.headers.get_str("last-modified")?;
+        let modified = parse_http_date(lm)?;
+        let date = parse_http_date(self.headers.get_str("date")?)?;
+        (modified < date).then(|| Validator::LastModified(lm.to_owned()))
     }
 
     /// Serialize the head (status line, fields, blank line).
@@ -407,6 +416,70 @@ fn write_fields(out: &mut Vec<u8>, headers: &Headers) {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Parse an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110
+/// 5.6.7) into seconds since the Unix epoch. Returns `None` for any other
+/// form, including the obsolete RFC 850 and asctime forms, and for dates
+/// before 1970.
+pub fn parse_http_date(s: &str) -> Option<u64> {
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let b = s.as_bytes();
+    if b.len() != 29
+        || &b[3..5] != b", "
+        || b[7] != b' '
+        || b[11] != b' '
+        || b[16] != b' '
+        || b[19] != b':'
+        || b[22] != b':'
+        || &b[25..] != b" GMT"
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| parse_decimal(&b[r]);
+    let weekday = DAYS.iter().position(|d| d.as_bytes() == &b[0..3])?;
+    let month = MONTHS.iter().position(|m| m.as_bytes() == &b[8..11])? as u64 + 1;
+    let (day, year) = (num(5..7)?, num(12..16)?);
+    let (hour, min, sec) = (num(17..19)?, num(20..22)?, num(23..25)?);
+    if year < 1970
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || min > 59
+        || sec > 60
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    // 1970-01-01 was a Thursday (index 3).
+    if (days + 3) % 7 != weekday as u64 {
+        return None;
+    }
+    Some(days * 86_400 + hour * 3600 + min * 60 + sec)
+}
+
+fn days_in_month(year: u64, month: u64) -> u64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to the given date (year >= 1970), proleptic
+/// Gregorian (H. Hinnant's algorithm).
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// Parse a non-empty string of ASCII digits as u64 (no sign, no spaces).
@@ -557,13 +630,67 @@ mod tests {
     }
 
     #[test]
+    fn http_dates() {
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2000 00:00:00 GMT"),
+            Some(951_782_400)
+        );
+        assert_eq!(
+            parse_http_date("Sat, 21 Nov 2026 00:00:00 GMT"),
+            Some(1_795_219_200)
+        );
+        for bad in [
+            "Mon, 06 Nov 1994 08:49:37 GMT", // wrong weekday
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 31 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Wed, 31 Dec 1969 23:59:59 GMT",
+            "Mon, 29 Feb 2100 00:00:00 GMT",
+            "",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn last_modified_must_be_a_second_before_date() {
+        let lm = "Last-Modified: Sun, 06 Nov 1994 08:49:37 GMT";
+        let r = resp(&format!(
+            "HTTP/1.1 200 OK\r\n{lm}\r\nDate: Sun, 06 Nov 1994 08:49:38 GMT\r\n\r\n"
+        ));
+        assert_eq!(
+            r.validator(),
+            Some(Validator::LastModified(
+                "Sun, 06 Nov 1994 08:49:37 GMT".into()
+            ))
+        );
+        let r = resp(&format!(
+            "HTTP/1.1 200 OK\r\n{lm}\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
+        ));
+        assert_eq!(r.validator(), None, "same second: weak");
+        let r = resp(&format!("HTTP/1.1 200 OK\r\n{lm}\r\n\r\n"));
+        assert_eq!(r.validator(), None, "no Date: weak");
+        let r = resp(
+            "HTTP/1.1 200 OK\r\nLast-Modified: yesterday\r\nDate: Sun, 06 Nov 1994 08:49:38 GMT\r\n\r\n",
+        );
+        assert_eq!(r.validator(), None, "unparsable date: weak");
+    }
+
+    #[test]
     fn validators() {
         let r = resp(
             "HTTP/1.1 200 OK\r\nETag: \"abc\"\r\nLast-Modified: Tue, 15 Nov 1994 08:12:31 GMT\r\n\r\n",
         );
         assert_eq!(r.validator(), Some(Validator::ETag("\"abc\"".into())));
         let r = resp(
-            "HTTP/1.1 200 OK\r\nETag: W/\"abc\"\r\nLast-Modified: Tue, 15 Nov 1994 08:12:31 GMT\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nETag: W/\"abc\"\r\nLast-Modified: Tue, 15 Nov 1994 08:12:31 GMT\r\nDate: Tue, 15 Nov 1994 08:12:32 GMT\r\n\r\n",
         );
         assert_eq!(
             r.validator(),

@@ -25,7 +25,7 @@ pub use eligibility::{
 };
 pub use head::{
     HeadError, Headers, MAX_HEAD_LEN, MAX_HEADERS, Parse, RequestHead, ResponseHead, Validator,
-    is_strong_etag,
+    is_strong_etag, parse_http_date,
 };
 pub use range::{
     ByteRangeSpec, ContentRange, ContentRangeError, FORWARDED_HEADERS, RangeHeader,

@@ -31,6 +31,15 @@ proptest! {
         }
         let _ = ContentRange::parse(&buf);
         let _ = RangeHeader::parse(&buf);
+        if let Ok(text) = std::str::from_utf8(&buf) {
+            let _ = tandem_http::parse_http_date(text);
+        }
+    }
+
+    #[test]
+    fn http_date_parser_never_panics(s in "[A-Za-z0-9,: ]{29}", t in "\\PC{0,40}") {
+        let _ = tandem_http::parse_http_date(&s);
+        let _ = tandem_http::parse_http_date(&t);
     }
 
     #[test]
