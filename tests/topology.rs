@@ -1,0 +1,129 @@
+//! Topology smoke tests (root): NAT, shaping and the delay line, with nginx
+//! as the origin. Need no tandem daemon.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tandem_lab::topology::{ORIGIN_IP, router_wan_ip};
+
+const MIB: u64 = 1 << 20;
+
+/// A client behind A downloads 8 MiB from the origin through A's NAT over a
+/// 20 Mbit/s, 10 ms link: the bytes are identical, the origin saw A's WAN
+/// address, nothing LAN-addressed left A's WAN, the capture is clean, and the
+/// rate does not exceed the shape.
+#[test]
+fn client_downloads_through_nat_over_shaped_delayed_links() {
+    let topo = pair();
+    let (www, file) = www_with_file(&topo, "file.bin", 8 * MIB, 1);
+    let _origin = start_origin(&topo, &OriginKind::Nginx, &www).unwrap();
+    let cap = Capture::start(&topo, &topo.router_ns(0), "wan0", "a-wan", None).unwrap();
+    let got = topo.workdir().join("got.bin");
+    let url = format!("http://{ORIGIN_IP}/file.bin");
+    let dl = download(&topo, 0, Tool::Curl, &url, &got, Duration::from_secs(120)).unwrap();
+    let pcap = cap.stop().unwrap();
+    assert_same_bytes(&file, &got).unwrap();
+    println!(
+        "8 MiB through A: {:.2} s, {:.2} Mbit/s (shape 20 Mbit/s)",
+        dl.elapsed.as_secs_f64(),
+        dl.mbit_per_s()
+    );
+    // Goodput can never exceed the HTB rate (headers count against it too).
+    assert!(
+        dl.mbit_per_s() <= 20.0 * 1.02,
+        "faster than the shape: {dl:?}"
+    );
+    // NAT: the origin saw A's public address, not the client's.
+    let log = std::fs::read_to_string(topo.workdir().join("nginx/access.log")).unwrap();
+    assert!(
+        log.contains(&router_wan_ip(0).to_string()) && !log.contains("192.0.2."),
+        "origin access log: {log}"
+    );
+    assert!(capture::frame_count(&pcap).unwrap() > 5000);
+    capture::check_no_lan_source(&pcap).unwrap();
+    capture::check_expert(&pcap).unwrap();
+}
+
+/// Ping RTT across the internet namespace is at least twice the one-way delay.
+#[test]
+fn delay_line_adds_the_delay_both_ways() {
+    let topo = pair();
+    let min = ping_min_ms(&topo, &topo.client_ns(0), &ORIGIN_IP.to_string(), 10);
+    println!("client→origin ping min RTT {min:.2} ms with a 10 ms one-way delay");
+    assert!(min >= 20.0, "RTT {min} ms < 2 × 10 ms");
+    // Router-to-router across the internet passes the delay line twice too.
+    let min = ping_min_ms(&topo, &topo.router_ns(0), &router_wan_ip(1).to_string(), 5);
+    assert!(min >= 20.0, "A→B RTT {min} ms");
+}
+
+/// A larger delay is honoured as well (the delay is a parameter, not a constant).
+#[test]
+fn delay_line_honours_a_larger_delay() {
+    require_root();
+    let mut spec = TopologySpec::pair(delay_command());
+    spec.delay_ms = 60;
+    let topo = Topology::build(spec).unwrap();
+    let min = ping_min_ms(&topo, &topo.client_ns(0), &ORIGIN_IP.to_string(), 5);
+    println!("ping min RTT {min:.2} ms with a 60 ms one-way delay");
+    assert!(min >= 120.0, "RTT {min} ms < 2 × 60 ms");
+}
+
+/// Re-shaping A's download link to 4 Mbit/s caps a download at that rate;
+/// the mesh link is reachable and unaffected.
+#[test]
+fn shaping_caps_the_download_rate() {
+    let topo = pair();
+    topo.shape_uplink(0, Way::Down, Rate::mbit(4)).unwrap();
+    let (www, file) = www_with_file(&topo, "f.bin", 2 * MIB, 2);
+    let _origin = start_origin(&topo, &OriginKind::Nginx, &www).unwrap();
+    let got = topo.workdir().join("got.bin");
+    let url = format!("http://{ORIGIN_IP}/f.bin");
+    let dl = download(&topo, 0, Tool::Wget, &url, &got, Duration::from_secs(120)).unwrap();
+    assert_same_bytes(&file, &got).unwrap();
+    println!(
+        "2 MiB at 4 Mbit/s: {:.2} s, {:.2} Mbit/s",
+        dl.elapsed.as_secs_f64(),
+        dl.mbit_per_s()
+    );
+    assert!(
+        dl.mbit_per_s() <= 4.0 * 1.02,
+        "faster than the shape: {dl:?}"
+    );
+    let b = topo.mesh_ip(1, 0).unwrap().to_string();
+    topo.exec(&topo.router_ns(0), &["ping", "-c", "1", "-W", "2", &b])
+        .unwrap();
+}
+
+/// The standard topology: C is a 2-hop neighbour of A (reachable from B,
+/// not from A), all three routers reach the origin, and aria2c (one
+/// connection) downloads through A.
+#[test]
+fn standard_topology_mesh_and_aria2() {
+    let topo = standard();
+    let (a, c) = (topo.router_ns(0), topo.router_ns(2));
+    let c_from_b = topo.mesh_ip(2, 1).unwrap().to_string();
+    topo.exec(
+        &topo.router_ns(1),
+        &["ping", "-c", "1", "-W", "2", &c_from_b],
+    )
+    .unwrap();
+    assert!(
+        topo.exec(&a, &["ping", "-c", "1", "-W", "1", &c_from_b])
+            .is_err()
+    );
+    assert!(topo.mesh_ip(0, 2).is_none());
+    for r in [&a, &topo.router_ns(1), &c] {
+        topo.exec(r, &["ping", "-c", "1", "-W", "2", &ORIGIN_IP.to_string()])
+            .unwrap();
+    }
+    let (www, file) = www_with_file(&topo, "v.mp4", 3 * MIB, 3);
+    let _origin = start_origin(&topo, &OriginKind::Nginx, &www).unwrap();
+    let got = topo.workdir().join("dl").join("v.mp4");
+    std::fs::create_dir_all(got.parent().unwrap()).unwrap();
+    let url = format!("http://{ORIGIN_IP}/v.mp4");
+    download(&topo, 0, Tool::Aria2, &url, &got, Duration::from_secs(120)).unwrap();
+    assert_same_bytes(&file, &got).unwrap();
+}
