@@ -7,6 +7,8 @@
 use tandem_plan::sim::{MeshConfig, run_download, run_mesh, standard_scenarios};
 use tandem_plan::{AdvertRule, PlannerConfig, Policy};
 
+const MIB: f64 = (1u64 << 20) as f64;
+
 fn main() {
     let size_mib: u64 = std::env::args()
         .nth(1)
@@ -15,20 +17,39 @@ fn main() {
     let size = size_mib << 20;
     let config = PlannerConfig::default();
     println!(
-        "# Downloads of {size_mib} MiB, A uplink 20 Mbit/s, WAN 10 ms one way, mesh links 54 Mbit/s / 2 ms unless named"
+        "# Downloads of {size_mib} MiB. A uplink 20 Mbit/s, WAN 10 ms one way, \
+         mesh links 54 Mbit/s / 2 ms one way unless named; window {} MiB.",
+        config.window >> 20
     );
-    println!(
-        "{:<32} {:>8} | {:>17} {:>17} | {:>17} {:>17} | {:>6} {:>5} {:>5} {:>9}",
+    println!("# Cells: completion s (ideal / completion). Last columns: dynamic + capped sum.");
+    let header = [
         "scenario",
         "ideal s",
-        "dyn+capped s (eff)",
-        "dyn+avg s (eff)",
-        "prop+capped s (eff)",
-        "prop+avg s (eff)",
+        "dyn+capsum",
+        "dyn+avg",
+        "prop+capsum",
+        "prop+avg",
+        "cut KiB",
         "dups",
-        "stall",
-        "dupMiB",
-        "peakMiB"
+        "stalls",
+        "redundMiB",
+        "peakMiB",
+        "pieces",
+    ];
+    println!(
+        "| {:<30} | {:>7} | {:>17} | {:>17} | {:>17} | {:>17} | {:>7} | {:>4} | {:>6} | {:>9} | {:>7} | {:>6} |",
+        header[0],
+        header[1],
+        header[2],
+        header[3],
+        header[4],
+        header[5],
+        header[6],
+        header[7],
+        header[8],
+        header[9],
+        header[10],
+        header[11]
     );
     for sc in standard_scenarios(size) {
         let mut cells = Vec::new();
@@ -36,28 +57,29 @@ fn main() {
         for policy in [Policy::Dynamic, Policy::Proportional] {
             for rule in [AdvertRule::CappedSum, AdvertRule::Average] {
                 let r = run_download(&sc, policy, rule, &config);
-                let cell = match r.completion {
+                cells.push(match r.completion {
                     Some(c) => format!(
                         "{:>8.3} ({:>5.1}%)",
                         c.as_secs_f64(),
                         100.0 * r.efficiency()
                     ),
-                    None => "   did not finish".to_string(),
-                };
-                cells.push(cell);
+                    None => "did not finish".to_string(),
+                });
                 if policy == Policy::Dynamic && rule == AdvertRule::CappedSum {
                     extra = format!(
-                        "{:>6} {:>5} {:>6.2} {:>9.2}",
+                        "{:>7} | {:>4} | {:>6} | {:>9.2} | {:>7.2} | {:>6}",
+                        r.cut_actual.map_or(0, |c| c >> 10),
                         r.stats.duplicates_assigned,
                         r.stats.stalls,
-                        r.stats.redundant_bytes as f64 / (1 << 20) as f64,
-                        r.peak_buffer as f64 / (1 << 20) as f64
+                        r.stats.redundant_bytes as f64 / MIB,
+                        r.peak_buffer as f64 / MIB,
+                        r.max_live_pieces
                     );
                 }
             }
         }
         println!(
-            "{:<32} {:>8.3} | {:>17} {:>17} | {:>17} {:>17} | {}",
+            "| {:<30} | {:>7.3} | {:>17} | {:>17} | {:>17} | {:>17} | {} |",
             sc.name,
             sc.ideal().as_secs_f64(),
             cells[0],
@@ -68,9 +90,9 @@ fn main() {
         );
     }
     println!();
-    println!("# Session negotiation over random geometric meshes (avg degree 6, depth limit 3)");
+    println!("# Session negotiation over random geometric meshes (avg degree 6, depth limit 3).");
     println!(
-        "{:>7} {:>6} {:>6} {:>8} {:>6} {:>9} {:>7} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8}",
+        "| {:>7} | {:>4} | {:>5} | {:>8} | {:>5} | {:>8} | {:>6} | {:>9} | {:>8} | {:>11} | {:>10} | {:>8} | {:>8} |",
         "routers",
         "seed",
         "links",
@@ -94,7 +116,7 @@ fn main() {
                 seed,
             });
             println!(
-                "{:>7} {:>6} {:>6} {:>8} {:>6} {:>9} {:>7} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>9} {:>8}",
+                "| {:>7} | {:>4} | {:>5} | {:>8} | {:>5} | {:>8} | {:>6} | {:>9.1} | {:>8.1} | {:>11.1} | {:>10.1} | {:>8} | {:>8} |",
                 r.routers,
                 seed,
                 r.links,

@@ -61,8 +61,13 @@ pub struct PlannerConfig {
     /// A busy source that delivered nothing for this long is stalled: its
     /// pieces are cancelled and go back to the pool.
     pub stall_timeout: Duration,
-    /// A stalled source gets no new piece for this long.
+    /// A stalled source gets no new piece for this long; the backoff doubles
+    /// with each stall in a row (no data in between), up to
+    /// `max_stall_backoff`. After the backoff the source is on probation
+    /// (one outstanding piece of `min_piece` bytes) until it delivers.
     pub stall_backoff: Duration,
+    /// Upper bound of the doubling stall backoff.
+    pub max_stall_backoff: Duration,
     /// Silence tolerated before a busy source's effective rate starts to
     /// decay (used for endgame decisions, not for the estimate itself).
     pub silence_grace: Duration,
@@ -98,6 +103,7 @@ impl Default for PlannerConfig {
             pipeline_depth: 2,
             stall_timeout: Duration::from_secs(2),
             stall_backoff: Duration::from_secs(5),
+            max_stall_backoff: Duration::from_secs(60),
             silence_grace: Duration::from_millis(100),
             rate_time_constant: Duration::from_millis(700),
             rate_sample_interval: Duration::from_millis(100),
@@ -314,6 +320,10 @@ struct Source {
     /// Silence is measured from here (last data, or expected first byte).
     quiet_since: Duration,
     consecutive_failures: u32,
+    /// Stalls with no data in between.
+    stalls_in_a_row: u32,
+    /// Stalled before and has not delivered since.
+    probation: bool,
     bytes_received: u64,
 }
 
@@ -441,6 +451,8 @@ impl Planner {
             outstanding: VecDeque::new(),
             quiet_since: now,
             consecutive_failures: 0,
+            stalls_in_a_row: 0,
+            probation: false,
             bytes_received: 0,
         });
         if spec.kind == SourceKind::OriginalFlow {
@@ -564,9 +576,14 @@ impl Planner {
             self.requested_cut(now)?;
         }
         let s = self.sources.get(source.0 as usize)?;
+        let depth = if s.probation {
+            1
+        } else {
+            self.config.pipeline_depth
+        };
         if s.state != SourceState::Active
             || s.spec.kind == SourceKind::OriginalFlow
-            || s.outstanding.len() >= self.config.pipeline_depth
+            || s.outstanding.len() >= depth
             || self.is_complete()
         {
             return None;
@@ -617,6 +634,8 @@ impl Planner {
             s.est.on_bytes(len, now);
             s.quiet_since = now;
             s.consecutive_failures = 0;
+            s.stalls_in_a_row = 0;
+            s.probation = false;
             s.bytes_received += len;
         }
         if done {
@@ -651,7 +670,7 @@ impl Planner {
         self.stats.pieces_failed += 1;
         self.orphan(p.unreceived());
         let max_fail = self.config.max_consecutive_failures;
-        let backoff = self.config.stall_backoff;
+        let mut stall = false;
         if let Some(s) = self.sources.get_mut(p.source.0 as usize) {
             s.outstanding.retain(|x| *x != piece);
             if s.outstanding.is_empty() {
@@ -659,15 +678,12 @@ impl Planner {
             }
             s.consecutive_failures += 1;
             if s.consecutive_failures >= max_fail && s.state == SourceState::Active {
-                s.state = SourceState::Stalled {
-                    until: now + backoff,
-                };
                 s.consecutive_failures = 0;
-                self.stats.stalls += 1;
-                self.events
-                    .push_back(PlanEvent::SourceStalled { source: p.source });
-                self.stall_pieces(p.source);
+                stall = true;
             }
+        }
+        if stall {
+            self.stall_source(p.source, now);
         }
         Ok(())
     }
@@ -682,18 +698,30 @@ impl Planner {
                 && !s.outstanding.is_empty()
                 && now.saturating_sub(s.quiet_since) >= self.config.stall_timeout
             {
-                self.stats.stalls += 1;
-                let backoff = self.config.stall_backoff;
-                let s = &mut self.sources[i];
-                s.state = SourceState::Stalled {
-                    until: now + backoff,
-                };
-                s.est.penalise(0.5);
-                self.events
-                    .push_back(PlanEvent::SourceStalled { source: sid });
-                self.stall_pieces(sid);
+                self.stall_source(sid, now);
             }
         }
+    }
+
+    /// Mark `sid` stalled: backoff (doubling), rate halved, pieces cancelled.
+    fn stall_source(&mut self, sid: SourceId, now: Duration) {
+        let base = self.config.stall_backoff;
+        let cap = self.config.max_stall_backoff.max(base);
+        let Some(s) = self.sources.get_mut(sid.0 as usize) else {
+            return;
+        };
+        let doublings = s.stalls_in_a_row.min(16);
+        let backoff = base.saturating_mul(1u32 << doublings).min(cap);
+        s.stalls_in_a_row = s.stalls_in_a_row.saturating_add(1);
+        s.probation = true;
+        s.state = SourceState::Stalled {
+            until: now + backoff,
+        };
+        s.est.penalise(0.5);
+        self.stats.stalls += 1;
+        self.events
+            .push_back(PlanEvent::SourceStalled { source: sid });
+        self.stall_pieces(sid);
     }
 
     /// When [`Planner::handle_timeout`] should next be called, if ever.
@@ -768,6 +796,18 @@ impl Planner {
     /// counting overlapping copies once).
     pub fn buffered(&self) -> u64 {
         self.filled.covered_in(&(self.cursor..self.body.end))
+    }
+
+    /// Every source id, in the order they were added.
+    pub fn source_ids(&self) -> impl Iterator<Item = SourceId> + '_ {
+        (0..self.sources.len()).map(|i| SourceId(i as u32))
+    }
+
+    /// Live pieces (including duplicates): the planner's memory is
+    /// proportional to this plus the fragments of received data ahead of
+    /// the cursor, both bounded by the sources' pipeline depth.
+    pub fn live_pieces(&self) -> usize {
+        self.pieces.len()
     }
 
     /// Counters.
@@ -1098,9 +1138,13 @@ impl Planner {
             } else {
                 self.config.max_piece
             };
-            let adaptive = adaptive
-                .min(window_share)
-                .clamp(self.config.min_piece, self.config.max_piece);
+            let adaptive = if s.probation {
+                self.config.min_piece
+            } else {
+                adaptive
+                    .min(window_share)
+                    .clamp(self.config.min_piece, self.config.max_piece)
+            };
             let remaining = (self.body.end - floor) - claimed.covered_in(&(floor..self.body.end));
             let share = match self.fair_share(source, remaining, now) {
                 Some(x) if x > 0.0 => x as u64,

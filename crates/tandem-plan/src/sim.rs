@@ -227,6 +227,8 @@ pub struct DownloadResult {
     pub stats: crate::planner::PlanStats,
     /// Simulation events processed.
     pub steps: u64,
+    /// Most live pieces the planner held at once.
+    pub max_live_pieces: usize,
 }
 
 impl DownloadResult {
@@ -299,6 +301,7 @@ pub fn run_download(
         bytes_by_source: vec![0; sc.neighbours.len() + 1],
         stats: Default::default(),
         steps: 0,
+        max_live_pieces: 0,
     };
     let Ok(mut planner) = Planner::new(0..sc.size, config) else {
         return result;
@@ -490,6 +493,7 @@ pub fn run_download(
         result.peak_buffer = result
             .peak_buffer
             .max(received.covered_in(&(cursor..sc.size)));
+        result.max_live_pieces = result.max_live_pieces.max(planner.live_pieces());
         if planner.poll_timeout().is_some_and(|pt| pt <= t) {
             planner.handle_timeout(t);
         }
@@ -817,7 +821,12 @@ pub fn standard_scenarios(size: u64) -> Vec<Scenario> {
     v.push(Scenario::new(
         "3 routers, C drops 4x at 1/2",
         size,
-        vec![nb(20.0), drop],
+        vec![nb(20.0), drop.clone()],
+    ));
+    v.push(Scenario::new(
+        "2 routers, B drops 4x at 1/2",
+        size,
+        vec![drop],
     ));
     let mut dies = nb(20.0);
     dies.dies_at = Some(0.5);

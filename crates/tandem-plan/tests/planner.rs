@@ -497,3 +497,47 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn repeated_stalls_back_off_exponentially_with_probation() {
+    let cfg = PlannerConfig::default();
+    let mut p = Planner::new(0..64 * MIB, cfg.clone()).unwrap();
+    let dead = p
+        .add_source(SourceSpec::peer(mbit(20.0), mbit(54.0), ms(20)), ms(0))
+        .unwrap();
+    let mut now = ms(0);
+    let mut backoffs = Vec::new();
+    for round in 0..6 {
+        let got = drain(&mut p, dead, now);
+        let expect = if round == 0 { cfg.pipeline_depth } else { 1 };
+        assert_eq!(
+            got.len(),
+            expect,
+            "probation after a stall: one piece at a time"
+        );
+        if round > 0 {
+            assert_eq!(got[0].range.end - got[0].range.start, cfg.min_piece);
+        }
+        // First byte expected at now + rtt; nothing comes.
+        let stall_at = p.poll_timeout().unwrap();
+        assert_eq!(stall_at, now + ms(20) + cfg.stall_timeout);
+        p.handle_timeout(stall_at);
+        assert!(events(&mut p).contains(&PlanEvent::SourceStalled { source: dead }));
+        assert!(p.next_assignment(dead, stall_at).is_none(), "in backoff");
+        let back = p.poll_timeout().unwrap();
+        backoffs.push(back - stall_at);
+        now = back;
+    }
+    assert_eq!(backoffs[0], cfg.stall_backoff, "{backoffs:?}");
+    assert_eq!(backoffs[1], cfg.stall_backoff * 2, "{backoffs:?}");
+    assert!(backoffs.windows(2).all(|w| w[1] >= w[0]), "{backoffs:?}");
+    assert_eq!(
+        *backoffs.last().unwrap(),
+        cfg.max_stall_backoff,
+        "{backoffs:?}"
+    );
+    // Data clears the probation.
+    let a = p.next_assignment(dead, now).unwrap();
+    p.on_piece_data(a.piece, 1, now + ms(30)).unwrap();
+    assert!(p.next_assignment(dead, now + ms(30)).is_some());
+}
