@@ -4,7 +4,9 @@
 //!
 //! `cargo run -p tandem-plan --example plansim [size_mib]`
 
-use tandem_plan::sim::{MeshConfig, run_download, run_mesh, standard_scenarios};
+use tandem_plan::sim::{
+    MeshConfig, neighbour_side_scenarios, run_download, run_mesh, standard_scenarios,
+};
 use tandem_plan::{AdvertRule, PlannerConfig, Policy};
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -37,7 +39,7 @@ fn main() {
         "pieces",
     ];
     println!(
-        "| {:<30} | {:>7} | {:>17} | {:>17} | {:>17} | {:>17} | {:>7} | {:>4} | {:>6} | {:>9} | {:>7} | {:>6} |",
+        "| {:<34} | {:>7} | {:>17} | {:>17} | {:>17} | {:>17} | {:>7} | {:>4} | {:>6} | {:>9} | {:>7} | {:>6} |",
         header[0],
         header[1],
         header[2],
@@ -79,7 +81,7 @@ fn main() {
             }
         }
         println!(
-            "| {:<30} | {:>7.3} | {:>17} | {:>17} | {:>17} | {:>17} | {} |",
+            "| {:<34} | {:>7.3} | {:>17} | {:>17} | {:>17} | {:>17} | {} |",
             sc.name,
             sc.ideal().as_secs_f64(),
             cells[0],
@@ -87,6 +89,33 @@ fn main() {
             cells[2],
             cells[3],
             extra
+        );
+    }
+    println!();
+    println!(
+        "# Neighbour side: one delegated range planned by B with its own uplink and two neighbours (no original flow)."
+    );
+    println!(
+        "| {:<34} | {:>7} | {:>17} | {:>17} |",
+        "scenario", "ideal s", "dynamic", "proportional"
+    );
+    for sc in neighbour_side_scenarios(&[3 << 19, 8 << 20, 32 << 20]) {
+        let d = run_download(&sc, Policy::Dynamic, AdvertRule::CappedSum, &config);
+        let p = run_download(&sc, Policy::Proportional, AdvertRule::CappedSum, &config);
+        let cell = |r: &tandem_plan::sim::DownloadResult| match r.completion {
+            Some(c) => format!(
+                "{:>8.3} ({:>5.1}%)",
+                c.as_secs_f64(),
+                100.0 * r.efficiency()
+            ),
+            None => "did not finish".to_string(),
+        };
+        println!(
+            "| {:<34} | {:>7.3} | {:>17} | {:>17} |",
+            sc.name,
+            sc.ideal().as_secs_f64(),
+            cell(&d),
+            cell(&p)
         );
     }
     println!();

@@ -123,6 +123,10 @@ pub struct Scenario {
     pub slow_start: bool,
     /// Granularity of data reports to the planner.
     pub report_chunk: u64,
+    /// Whether the client's original flow carries the body head (router A).
+    /// `false` models a neighbour planning a delegated range with its own
+    /// uplink and neighbours: no cut, the local fetcher starts at once.
+    pub original_flow: bool,
 }
 
 impl Scenario {
@@ -137,6 +141,7 @@ impl Scenario {
             neighbours,
             slow_start: true,
             report_chunk: 64 << 10,
+            original_flow: true,
         }
     }
 
@@ -308,7 +313,9 @@ pub fn run_download(
     };
     let t0 = Duration::ZERO;
     let setup = (|| {
-        planner.add_source(SourceSpec::original_flow(sc.a_uplink, wan_rtt), t0)?;
+        if sc.original_flow {
+            planner.add_source(SourceSpec::original_flow(sc.a_uplink, wan_rtt), t0)?;
+        }
         let local = planner.add_source(SourceSpec::local(sc.a_uplink, wan_rtt), t0)?;
         let mut srcs = vec![SimSource {
             id: local,
@@ -342,7 +349,9 @@ pub fn run_download(
     let in_flight = (a_rate * wan_rtt.as_secs_f64()) as u64;
     let actual = match requested {
         Some(c) => c.max(in_flight).min(sc.size),
-        None => sc.size,
+        None if sc.original_flow => sc.size,
+        // A neighbour serving a delegated range: no original flow.
+        None => 0,
     };
     if requested.is_some() {
         if planner.set_cut(actual, t0).is_err() {
@@ -836,6 +845,26 @@ pub fn standard_scenarios(size: u64) -> Vec<Scenario> {
         vec![nb(20.0), dies],
     ));
     v
+}
+
+/// A neighbour (B: 10 Mbit/s uplink, C and D at 20 Mbit/s behind 54 Mbit/s
+/// links) planning one delegated range of each size with its own planner:
+/// no original flow, no cut. This is the multi-hop overhead the aggregated
+/// 2-hop model of [`standard_scenarios`] leaves out.
+pub fn neighbour_side_scenarios(sizes: &[u64]) -> Vec<Scenario> {
+    sizes
+        .iter()
+        .map(|&size| {
+            let mut sc = Scenario::new(
+                &format!("B sub-plans {} KiB (10+20+20)", size >> 10),
+                size,
+                vec![Neighbour::new(20.0, 54.0), Neighbour::new(20.0, 54.0)],
+            );
+            sc.a_uplink = Rate::from_mbit(10.0);
+            sc.original_flow = false;
+            sc
+        })
+        .collect()
 }
 
 #[cfg(test)]
