@@ -119,7 +119,9 @@ fn main() {
         );
     }
     println!();
-    println!("# Session negotiation over random geometric meshes (avg degree 6, depth limit 3).");
+    println!(
+        "# Session negotiation over random geometric meshes (avg degree 6; depth limit 3, then 6)."
+    );
     println!(
         "| {:>7} | {:>4} | {:>5} | {:>8} | {:>5} | {:>8} | {:>6} | {:>9} | {:>8} | {:>11} | {:>10} | {:>8} | {:>8} |",
         "routers",
@@ -136,12 +138,12 @@ fn main() {
         "released",
         "leftover"
     );
-    for routers in [100usize, 1000] {
+    for (routers, depth_limit) in [(100usize, 3u32), (1000, 3), (1000, 6)] {
         for seed in 1..=3u64 {
             let r = run_mesh(MeshConfig {
                 routers,
                 avg_degree: 6.0,
-                depth_limit: 3,
+                depth_limit,
                 seed,
             });
             println!(
