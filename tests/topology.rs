@@ -127,3 +127,84 @@ fn standard_topology_mesh_and_aria2() {
     download(&topo, 0, Tool::Aria2, &url, &got, Duration::from_secs(120)).unwrap();
     assert_same_bytes(&file, &got).unwrap();
 }
+
+/// The upload direction is shaped too: 2 MiB sent from the client to a
+/// receiver at the origin over A's uplink re-shaped to 4 Mbit/s arrive
+/// intact and no faster than the shape (timed at the receiver, which exits
+/// only when everything has arrived).
+#[test]
+fn shaping_caps_the_upload_rate() {
+    let topo = pair();
+    topo.shape_uplink(0, Way::Up, Rate::mbit(4)).unwrap();
+    let (_www, file) = www_with_file(&topo, "up.bin", 2 * MIB, 4);
+    let got = topo.workdir().join("received.bin");
+    let sink = topo
+        .spawn(
+            &topo.origin_ns(),
+            "sink",
+            &[
+                "socat".to_string(),
+                "-u".into(),
+                format!("TCP-LISTEN:9000,bind={ORIGIN_IP},reuseaddr"),
+                format!("CREATE:{}", got.display()),
+            ],
+        )
+        .unwrap();
+    tandem_lab::netns::wait_until("socat listening", Duration::from_secs(5), || {
+        topo.exec(&topo.origin_ns(), &["ss", "-ltnH", "sport = :9000"])
+            .map(|o| !o.trim().is_empty())
+            .unwrap_or(false)
+    })
+    .unwrap();
+    let start = std::time::Instant::now();
+    topo.exec(
+        &topo.client_ns(0),
+        &[
+            "socat".to_string(),
+            "-u".into(),
+            format!("FILE:{}", file.display()),
+            format!("TCP:{ORIGIN_IP}:9000"),
+        ],
+    )
+    .unwrap();
+    let status = sink
+        .wait_timeout(Duration::from_secs(60))
+        .unwrap()
+        .expect("sink done");
+    let secs = start.elapsed().as_secs_f64();
+    assert!(status.success(), "{}", sink.log());
+    assert_same_bytes(&file, &got).unwrap();
+    let mbit = (2 * MIB) as f64 * 8.0 / secs / 1e6;
+    println!("2 MiB upload at 4 Mbit/s: {secs:.2} s, {mbit:.2} Mbit/s");
+    assert!(mbit <= 4.0 * 1.02, "upload faster than the shape: {mbit}");
+}
+
+/// The receive-window analysis really judges the segments of a capture
+/// (a check that never looks at anything would pass vacuously).
+#[test]
+fn window_analysis_sees_the_flow() {
+    let topo = pair();
+    let (www, _file) = www_with_file(&topo, "w.bin", MIB, 6);
+    let _origin = start_origin(&topo, &OriginKind::Nginx, &www).unwrap();
+    let cap = Capture::start(&topo, &topo.client_ns(0), "eth0", "client", Some("tcp")).unwrap();
+    let got = topo.workdir().join("got.bin");
+    let url = format!("http://{ORIGIN_IP}/w.bin");
+    download(&topo, 0, Tool::Curl, &url, &got, Duration::from_secs(60)).unwrap();
+    let pcap = cap.stop().unwrap();
+    let report = capture::window_violations(&pcap).unwrap();
+    assert!(report.violations.is_empty(), "{report:?}");
+    // Every data segment from the origin was judged against a known window.
+    let data = capture::matching(&pcap, "tcp.srcport == 80 && tcp.len > 0").unwrap();
+    assert!(
+        data.len() > 500,
+        "only {} data segments captured",
+        data.len()
+    );
+    assert!(
+        report.judged >= data.len(),
+        "judged {} of {}",
+        report.judged,
+        data.len()
+    );
+    capture::check_expert(&pcap).unwrap();
+}

@@ -102,7 +102,7 @@ pub fn check_expert(pcap: &Path) -> Result<()> {
         EXPERT_PROBLEM_FILTER,
         "bad checksums or malformed packets",
     )?;
-    let v = window_violations(pcap)?;
+    let v = window_violations(pcap)?.violations;
     if !v.is_empty() {
         bail!(
             "{}: {} segments beyond the receive window, e.g.:\n{}",
@@ -119,7 +119,7 @@ pub fn check_expert(pcap: &Path) -> Result<()> {
 /// capture point. Valid anywhere on the path: an advertisement reaches the
 /// sender only after passing the capture point. Streams whose window scale
 /// tshark cannot know (SYN not captured) are skipped.
-pub fn window_violations(pcap: &Path) -> Result<Vec<String>> {
+pub fn window_violations(pcap: &Path) -> Result<WindowReport> {
     let out = netns::run(Command::new("tshark").args(["-n", "-r"]).arg(pcap).args([
         "-Y",
         "tcp",
@@ -151,15 +151,25 @@ pub fn window_violations(pcap: &Path) -> Result<Vec<String>> {
     Ok(analyse_windows(&String::from_utf8_lossy(&out.stdout)))
 }
 
+/// Result of the receive-window analysis.
+#[derive(Clone, Debug, Default)]
+pub struct WindowReport {
+    /// Data segments checked against a known window edge.
+    pub judged: usize,
+    /// One line per segment beyond the edge.
+    pub violations: Vec<String>,
+}
+
 /// The pure part of [`window_violations`]: input is tshark's CSV fields
 /// `frame,stream,src,sport,seq_raw,len,ack_raw,ack_flag,window,scalefactor`.
-pub fn analyse_windows(csv: &str) -> Vec<String> {
+pub fn analyse_windows(csv: &str) -> WindowReport {
     use std::collections::HashMap;
     // (stream, advertising endpoint) -> highest right edge it advertised.
     let mut edge: HashMap<(u64, String), u32> = HashMap::new();
     // Endpoints per stream, to find "the other side".
     let mut ends: HashMap<u64, Vec<String>> = HashMap::new();
     let mut bad = Vec::new();
+    let mut judged = 0;
     for line in csv.lines() {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() < 10 {
@@ -182,6 +192,7 @@ pub fn analyse_windows(csv: &str) -> Vec<String> {
         let peer = e.iter().find(|x| **x != me).cloned();
         if let (true, Some(peer)) = (len > 0, peer) {
             if let Some(&right) = edge.get(&(stream, peer)) {
+                judged += 1;
                 let end = seq.wrapping_add(len);
                 if (end.wrapping_sub(right) as i32) > 0 {
                     bad.push(format!(
@@ -204,7 +215,10 @@ pub fn analyse_windows(csv: &str) -> Vec<String> {
             }
         }
     }
-    bad
+    WindowReport {
+        judged,
+        violations: bad,
+    }
 }
 
 fn fail_if_any(pcap: &Path, filter: &str, what: &str) -> Result<()> {
@@ -229,24 +243,28 @@ mod tests {
         // Client 1.1.1.1:5000 advertises ack 1000 + win 500 => edge 1500.
         let ok = "1,0,1.1.1.1,5000,1,0,1000,1,500,-2\n\
                   2,0,2.2.2.2,80,1000,500,1,1,65535,-2\n";
-        assert!(analyse_windows(ok).is_empty());
+        let r = analyse_windows(ok);
+        assert!(r.violations.is_empty());
+        assert_eq!(r.judged, 1);
         let bad = "1,0,1.1.1.1,5000,1,0,1000,1,500,-2\n\
                    2,0,2.2.2.2,80,1000,501,1,1,65535,-2\n";
-        let v = analyse_windows(bad);
+        let v = analyse_windows(bad).violations;
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].contains("by 1"));
         // Edges only move forward: a later smaller offer does not shrink it.
         let shrink = "1,0,1.1.1.1,5000,1,0,1000,1,500,-2\n\
                       2,0,1.1.1.1,5000,1,0,1000,1,100,-2\n\
                       3,0,2.2.2.2,80,1000,500,1,1,65535,-2\n";
-        assert!(analyse_windows(shrink).is_empty());
+        assert!(analyse_windows(shrink).violations.is_empty());
         // Unknown scale factor: not judged.
         let unknown = "1,0,1.1.1.1,5000,1,0,1000,1,5,-1\n\
                        2,0,2.2.2.2,80,1000,5000,1,1,65535,-1\n";
-        assert!(analyse_windows(unknown).is_empty());
+        let r = analyse_windows(unknown);
+        assert!(r.violations.is_empty());
+        assert_eq!(r.judged, 0);
         // Sequence wrap-around.
         let wrap = "1,0,1.1.1.1,5000,1,0,4294967000,1,1000,-2\n\
                     2,0,2.2.2.2,80,4294967000,1000,1,1,65535,-2\n";
-        assert!(analyse_windows(wrap).is_empty());
+        assert!(analyse_windows(wrap).violations.is_empty());
     }
 }

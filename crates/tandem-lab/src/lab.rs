@@ -9,7 +9,7 @@
 //! bytes entering each router's WAN interface (its uplink), sampled from the
 //! router namespace's `/proc/net/dev` every 200 ms.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{IsTerminal, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use crate::netns::{self, IfCounters};
 use crate::origin::{OriginKind, start_origin};
 use crate::plot::{self, Panel, Series};
 use crate::topology::{
-    ORIGIN_IP, Rate, Topology, TopologySpec, client_ip, router_letter, router_wan_ip,
+    ORIGIN_IP, Proc, Rate, Topology, TopologySpec, client_ip, router_letter, router_wan_ip,
 };
 use crate::transfer::{self, Tool};
 
@@ -191,7 +191,7 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
     let mut results = Vec::new();
     let runs = if args.alone_only { 1 } else { 2 };
     ui.section(&format!("run 1/{runs}: A alone (no tandem daemon)"));
-    let r1 = measure(&topo, &ui, &args, "A alone", &url, size, "alone")?;
+    let r1 = measure(&topo, &ui, &args, "A alone", "A alone", &url, size, "alone")?;
     results.push(r1);
 
     // 4. With the neighbours' daemons.
@@ -204,12 +204,12 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
                 .join(", ")
         ));
         let daemons_ok = start_daemons(&topo, &ui, &tandem_exe, args.routers)?;
-        let label = if daemons_ok {
-            "A + neighbours (tandem)"
+        let (label, short) = if daemons_ok {
+            ("A + neighbours (tandem)", "A + tandem")
         } else {
-            "A again (daemons NOT running)"
+            ("A again (daemons NOT running)", "A, no daemons")
         };
-        let r2 = measure(&topo, &ui, &args, label, &url, size, "helped")?;
+        let r2 = measure(&topo, &ui, &args, label, short, &url, size, "helped")?;
         results.push(r2);
     }
 
@@ -298,30 +298,42 @@ pub fn daemon_config(
     s
 }
 
+/// Writes router `router`'s daemon config (see [`daemon_config`]) into the
+/// topology's work dir and starts `<tandem_exe> run --config <file>` in the
+/// router's namespace. The process is killed on teardown.
+pub fn spawn_daemon(topo: &Topology, tandem_exe: &Path, router: usize) -> Result<Proc> {
+    let routers = topo.spec().routers;
+    let neighbours: Vec<(char, Ipv4Addr, Ipv4Addr)> = (0..routers)
+        .filter_map(|j| {
+            Some((
+                router_letter(j),
+                topo.mesh_ip(router, j)?,
+                topo.mesh_ip(j, router)?,
+            ))
+        })
+        .collect();
+    let lan = topo.spec().clients.contains(&router).then_some("lan0");
+    let conf = daemon_config(router, topo.workdir(), lan, &neighbours);
+    let path = topo
+        .workdir()
+        .join(format!("tandem-{}.toml", router_letter(router)));
+    std::fs::write(&path, conf)?;
+    topo.spawn(
+        &topo.router_ns(router),
+        &format!("daemon-{}", router_letter(router)),
+        &[
+            tandem_exe.as_os_str(),
+            OsStr::new("run"),
+            OsStr::new("--config"),
+            path.as_os_str(),
+        ],
+    )
+}
+
 fn start_daemons(topo: &Topology, ui: &Ui, tandem_exe: &Path, routers: usize) -> Result<bool> {
-    let mut procs = Vec::new();
-    for i in 0..routers {
-        let neighbours: Vec<(char, Ipv4Addr, Ipv4Addr)> = (0..routers)
-            .filter_map(|j| Some((router_letter(j), topo.mesh_ip(i, j)?, topo.mesh_ip(j, i)?)))
-            .collect();
-        let lan = topo.spec().clients.contains(&i).then_some("lan0");
-        let conf = daemon_config(i, topo.workdir(), lan, &neighbours);
-        let path = topo
-            .workdir()
-            .join(format!("tandem-{}.toml", router_letter(i)));
-        std::fs::write(&path, conf)?;
-        let p = topo.spawn(
-            &topo.router_ns(i),
-            &format!("daemon-{}", router_letter(i)),
-            &[
-                tandem_exe.as_os_str(),
-                OsString::from("run").as_os_str(),
-                OsString::from("--config").as_os_str(),
-                path.as_os_str(),
-            ],
-        )?;
-        procs.push((i, p));
-    }
+    let procs = (0..routers)
+        .map(|i| Ok((i, spawn_daemon(topo, tandem_exe, i)?)))
+        .collect::<Result<Vec<_>>>()?;
     std::thread::sleep(Duration::from_millis(1500));
     let mut ok = true;
     for (i, p) in &procs {
@@ -377,11 +389,13 @@ impl RunResult {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn measure(
     topo: &Topology,
     ui: &Ui,
     args: &LabArgs,
     label: &str,
+    short: &str,
     url: &str,
     size: u64,
     tag: &str,
@@ -419,12 +433,15 @@ fn measure(
             .zip(&prev)
             .map(|(a, b)| a.saturating_sub(*b) as f64 * 8.0 / dt / 1e6)
             .collect();
-        samples.push((t, rates.clone()));
+        // A final interval of a few ms would show a meaningless spike.
+        if !done || dt >= 0.05 {
+            samples.push((t, rates.clone()));
+        }
         prev = now.clone();
         prev_t = t;
         let got = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
         if ui.tty || last_print.elapsed() >= Duration::from_secs(2) || done {
-            ui.progress(label, got, size, &rates, t, done);
+            ui.progress(short, got, size, &rates, t, done);
             last_print = Instant::now();
         }
         if done {

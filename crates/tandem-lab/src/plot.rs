@@ -45,8 +45,8 @@ pub fn svg(title: &str, panels: &[Panel], y_ref: f64) -> String {
         .flat_map(|p| p.series.iter())
         .flat_map(|s| s.points.iter().map(|&(_, y)| y))
         .fold(y_ref, f64::max);
-    let y_max = nice_ceil(y_data.max(1.0) * 1.1);
-    let t_top = nice_ceil(t_max);
+    let (y_step, y_max) = axis(y_data.max(1.0) * 1.05);
+    let (t_step, t_top) = axis(t_max);
     let plot_w = W - LEFT - RIGHT;
     let h = TOP + panels.len() as f64 * (PANEL_H + GAP) + 10.0;
     let mut s = String::new();
@@ -72,8 +72,8 @@ pub fn svg(title: &str, panels: &[Panel], y_ref: f64) -> String {
             esc(&panel.title)
         );
         // Grid and axes.
-        for k in 0..=4 {
-            let v = y_max * f64::from(k) / 4.0;
+        for k in 0..=((y_max / y_step).round() as u32) {
+            let v = y_step * f64::from(k);
             let yy = y(v);
             let _ = writeln!(
                 s,
@@ -84,8 +84,8 @@ pub fn svg(title: &str, panels: &[Panel], y_ref: f64) -> String {
                 fmt_num(v)
             );
         }
-        for k in 0..=5 {
-            let t = t_top * f64::from(k) / 5.0;
+        for k in 0..=((t_top / t_step).round() as u32) {
+            let t = t_step * f64::from(k);
             let xx = x(t);
             let _ = writeln!(
                 s,
@@ -173,18 +173,20 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// Smallest of 1, 2, 2.5, 5 × 10^k that is >= v.
-fn nice_ceil(v: f64) -> f64 {
+/// A tick step of 1, 2 or 5 × 10^k giving at most 6 intervals, and the axis
+/// maximum: the smallest multiple of the step >= v.
+fn axis(v: f64) -> (f64, f64) {
     if v <= 0.0 || !v.is_finite() {
-        return 1.0;
+        return (1.0, 1.0);
     }
-    let mag = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
-        if m * mag >= v - 1e-9 {
-            return m * mag;
-        }
-    }
-    10.0 * mag
+    let raw = v / 6.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw - 1e-12)
+        .unwrap_or(10.0 * mag);
+    (step, (v / step - 1e-9).ceil().max(1.0) * step)
 }
 
 fn fmt_num(v: f64) -> String {
@@ -239,8 +241,8 @@ mod tests {
         assert!(s.contains("32 MiB &amp; friends"));
         assert!(s.contains("A + B &lt;tandem&gt;"));
         assert!(!s.contains("NaN") && !s.contains("inf"));
-        // Shared axis: 14 s rounds up to 20 s in both panels.
-        assert_eq!(s.matches(">20 s</text>").count(), 2);
+        // Shared axis: 14 s rounds up to 15 s in both panels.
+        assert_eq!(s.matches(">15 s</text>").count(), 2);
     }
 
     #[test]
@@ -253,11 +255,12 @@ mod tests {
 
     #[test]
     fn axis_rounding() {
-        assert_eq!(nice_ceil(13.4), 20.0);
-        assert_eq!(nice_ceil(22.0), 25.0);
-        assert_eq!(nice_ceil(44.0), 50.0);
-        assert_eq!(nice_ceil(0.0), 1.0);
-        assert_eq!(nice_ceil(f64::NAN), 1.0);
+        assert_eq!(axis(14.4), (5.0, 15.0));
+        assert_eq!(axis(21.0), (5.0, 25.0));
+        assert_eq!(axis(44.0), (10.0, 50.0));
+        assert_eq!(axis(6.0), (1.0, 6.0));
+        assert_eq!(axis(0.0), (1.0, 1.0));
+        assert_eq!(axis(f64::NAN), (1.0, 1.0));
         let empty = svg("x", &[], 0.0);
         assert!(empty.contains("</svg>"));
     }
