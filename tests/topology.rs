@@ -208,3 +208,76 @@ fn window_analysis_sees_the_flow() {
     );
     capture::check_expert(&pcap).unwrap();
 }
+
+/// Figures of the delay line (printed; the only assertion is the lower
+/// bound): RTT spread over 30 pings, and its CPU cost while a 8 MiB download
+/// at 20 Mbit/s passes through it.
+#[test]
+fn delay_line_figures() {
+    let topo = pair();
+    let out = topo
+        .exec(
+            &topo.client_ns(0),
+            &[
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                "30",
+                "-i",
+                "0.05",
+                &ORIGIN_IP.to_string(),
+            ],
+        )
+        .unwrap();
+    let rtt = out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .unwrap()
+        .to_owned();
+    println!("10 ms one-way delay, 30 pings: {rtt}");
+    let min: f64 = rtt
+        .split('=')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(min >= 20.0);
+    let dl = topo.delayline().unwrap();
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", dl.pid())).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // utime, stime are fields 14 and 15 (1-based) = index 11, 12 after ')'.
+        (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+    };
+    let (www, file) = www_with_file(&topo, "f.bin", 8 * MIB, 7);
+    let _origin = start_origin(&topo, &OriginKind::Nginx, &www).unwrap();
+    let got = topo.workdir().join("got.bin");
+    let mut inet = topo.counters(&topo.internet_ns(), "origin0").unwrap();
+    let p0 = inet.read().unwrap().rx_packets + inet.read().unwrap().tx_packets;
+    let c0 = cpu();
+    let url = format!("http://{ORIGIN_IP}/f.bin");
+    let d = download(&topo, 0, Tool::Curl, &url, &got, Duration::from_secs(120)).unwrap();
+    let c1 = cpu();
+    let s = inet.read().unwrap();
+    let packets = s.rx_packets + s.tx_packets - p0;
+    assert_same_bytes(&file, &got).unwrap();
+    println!(
+        "8 MiB in {:.2} s ({:.2} Mbit/s): delay line used {:.2} s CPU for ~{packets} packets \
+         ({:.1} µs/packet, {:.0}% of one core)",
+        d.elapsed.as_secs_f64(),
+        d.mbit_per_s(),
+        c1 - c0,
+        (c1 - c0) * 1e6 / packets.max(1) as f64,
+        (c1 - c0) * 100.0 / d.elapsed.as_secs_f64()
+    );
+}
