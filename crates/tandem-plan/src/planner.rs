@@ -231,6 +231,11 @@ pub enum PlanEvent {
     /// Every byte of the body is covered (received, or carried by the
     /// original flow before the cut). Emitted once.
     Complete,
+    /// Every source that could take pieces is gone while bytes are still
+    /// missing: nothing more will be assigned. Before the cut, do not cut
+    /// (the original flow carries on); after it, the download cannot be
+    /// finished and the client's connection must be reset. Emitted once.
+    SourcesExhausted,
 }
 
 /// Misuse or a peer's misbehaviour reported through the planner.
@@ -298,8 +303,9 @@ pub struct PlanStats {
     pub bytes_received: u64,
     /// Piece bytes that were already covered when they arrived.
     pub redundant_bytes: u64,
-    /// Assignments declined because the source would finish after the
-    /// others could have fetched everything left (link cost / tail rule).
+    /// `next_assignment` calls declined because the source would finish
+    /// after the others could have fetched everything left (link cost /
+    /// tail rule).
     pub declined: u64,
 }
 
@@ -391,6 +397,7 @@ pub struct Planner {
     prop: ProportionalState,
     stats: PlanStats,
     complete_emitted: bool,
+    exhausted_emitted: bool,
     original: Option<SourceId>,
 }
 
@@ -422,6 +429,7 @@ impl Planner {
             prop: ProportionalState::default(),
             stats: PlanStats::default(),
             complete_emitted: false,
+            exhausted_emitted: false,
             original: None,
             body,
         })
@@ -488,6 +496,14 @@ impl Planner {
                 self.stats.pieces_failed += 1;
                 self.orphan(p.unreceived());
             }
+        }
+        let any_left = self
+            .sources
+            .iter()
+            .any(|s| s.state != SourceState::Gone && s.spec.kind != SourceKind::OriginalFlow);
+        if !any_left && !self.is_complete() && !self.exhausted_emitted {
+            self.exhausted_emitted = true;
+            self.events.push_back(PlanEvent::SourcesExhausted);
         }
         Ok(())
     }
@@ -715,7 +731,7 @@ impl Planner {
         s.stalls_in_a_row = s.stalls_in_a_row.saturating_add(1);
         s.probation = true;
         s.state = SourceState::Stalled {
-            until: now + backoff,
+            until: now.saturating_add(backoff),
         };
         s.est.penalise(0.5);
         self.stats.stalls += 1;
@@ -730,7 +746,7 @@ impl Planner {
             .iter()
             .filter_map(|s| match s.state {
                 SourceState::Active if !s.outstanding.is_empty() => {
-                    Some(s.quiet_since + self.config.stall_timeout)
+                    Some(s.quiet_since.saturating_add(self.config.stall_timeout))
                 }
                 SourceState::Stalled { until } => Some(until),
                 _ => None,
@@ -833,11 +849,7 @@ impl Planner {
         let min_peer_rtt = self
             .sources
             .iter()
-            .filter(|s| {
-                s.spec.kind == SourceKind::Peer
-                    && s.state == SourceState::Active
-                    && s.est.estimate() > Rate::ZERO
-            })
+            .filter(|s| s.spec.kind == SourceKind::Peer && s.state == SourceState::Active)
             .map(|s| s.spec.rtt)
             .min()?;
         let lead_time = min_peer_rtt + self.config.cut_margin;
@@ -903,7 +915,7 @@ impl Planner {
         }
         if let Some(s) = self.sources.get_mut(source.0 as usize) {
             if s.outstanding.is_empty() {
-                s.quiet_since = now + s.spec.rtt;
+                s.quiet_since = now.saturating_add(s.spec.rtt);
             }
             s.outstanding.push_back(id);
         }
@@ -1018,7 +1030,13 @@ impl Planner {
     /// A source's rate for planning: the estimate, decayed while the source
     /// is busy but silent past `silence_grace`.
     fn effective_rate(&self, s: &Source, now: Duration) -> f64 {
-        let est = s.est.estimate().bytes_per_sec();
+        let mut est = s.est.estimate().bytes_per_sec();
+        if est <= 0.0 && s.est.samples() == 0 {
+            // Unknown rate (no seed, nothing measured yet): probe with
+            // min_piece-sized pieces.
+            est = self.config.min_piece as f64
+                / self.config.target_piece_time.as_secs_f64().max(1e-3);
+        }
         if s.outstanding.is_empty() {
             return est;
         }
@@ -1045,7 +1063,8 @@ impl Planner {
             .and_then(|id| self.pieces.get(id))
             .filter(|p| p.received == 0)
             .map(|p| {
-                (p.assigned_at + s.spec.rtt)
+                p.assigned_at
+                    .saturating_add(s.spec.rtt)
                     .saturating_sub(now)
                     .as_secs_f64()
             })
@@ -1231,7 +1250,8 @@ impl Planner {
             .and_then(|id| self.pieces.get(id))
             .filter(|q| q.received == 0)
             .map(|q| {
-                (q.assigned_at + h.spec.rtt)
+                q.assigned_at
+                    .saturating_add(h.spec.rtt)
                     .saturating_sub(now)
                     .as_secs_f64()
             })

@@ -541,3 +541,38 @@ fn repeated_stalls_back_off_exponentially_with_probation() {
     p.on_piece_data(a.piece, 1, now + ms(30)).unwrap();
     assert!(p.next_assignment(dead, now + ms(30)).is_some());
 }
+
+#[test]
+fn a_peer_of_unknown_rate_is_probed() {
+    let cfg = PlannerConfig::default();
+    let mut p = Planner::new(0..32 * MIB, cfg.clone()).unwrap();
+    let b = p
+        .add_source(SourceSpec::peer(Rate::ZERO, mbit(54.0), ms(20)), ms(0))
+        .unwrap();
+    let a = p.next_assignment(b, ms(0)).unwrap();
+    assert_eq!(a.range.end - a.range.start, cfg.min_piece);
+}
+
+#[test]
+fn losing_every_source_is_reported_once() {
+    let mut p = Planner::new(0..32 * MIB, PlannerConfig::default()).unwrap();
+    p.add_source(SourceSpec::original_flow(mbit(20.0), ms(20)), ms(0))
+        .unwrap();
+    let local = p
+        .add_source(SourceSpec::local(mbit(20.0), ms(20)), ms(0))
+        .unwrap();
+    let b = p
+        .add_source(SourceSpec::peer(mbit(20.0), mbit(54.0), ms(20)), ms(0))
+        .unwrap();
+    let cut = p.requested_cut(ms(0)).unwrap();
+    p.set_cut(cut, ms(0)).unwrap();
+    let _ = drain(&mut p, b, ms(0));
+    p.source_gone(b, ms(1)).unwrap();
+    assert!(!events(&mut p).contains(&PlanEvent::SourcesExhausted));
+    // The local fetcher takes over b's bytes, first in order.
+    assert_eq!(p.next_assignment(local, ms(1)).unwrap().range.start, cut);
+    p.source_gone(local, ms(2)).unwrap();
+    assert_eq!(events(&mut p), vec![PlanEvent::SourcesExhausted]);
+    p.source_gone(local, ms(3)).unwrap();
+    assert!(events(&mut p).is_empty());
+}
