@@ -12,32 +12,68 @@
 //! One planner per accelerated download at router A (or per delegated range
 //! at a neighbour, for multi-hop). The calling contract, quinn-style:
 //!
-//! ```text
-//! let mut p = Planner::new(body_start..body_end, PlannerConfig::default())?;
-//! let orig  = p.add_source(SourceSpec::original_flow(uplink, wan_rtt), now)?; // A only
-//! let local = p.add_source(SourceSpec::local(uplink, wan_rtt), now)?;
-//! let b     = p.add_source(SourceSpec::peer(advertised, link_rate, rtt_via_b), now)?;
+//! * **Setup**: [`Planner::new`]`(body, config)`, then
+//!   [`Planner::add_source`] for the original flow (A only, before anything
+//!   else is assigned), A's local Range fetcher, and each committed peer.
+//! * **The cut** (A only): [`Planner::requested_cut`] gives the offset to ask
+//!   the splice engine for (`None`: do not accelerate); report what the
+//!   engine achieved with [`Planner::set_cut`]. A neighbour has no original
+//!   flow and plans from the start of its range.
+//! * **Inputs**: [`Planner::on_delivered`] (bytes handed to the client; the
+//!   original flow's progress before the cut), [`Planner::on_piece_data`]
+//!   (more bytes of a piece, in order), [`Planner::on_piece_done`]
+//!   (idempotent), [`Planner::on_piece_failed`], [`Planner::source_gone`],
+//!   [`Planner::update_source_rate`] (new advertisement),
+//!   [`Planner::handle_timeout`] when [`Planner::poll_timeout`] is reached.
+//! * **Outputs**, after every input: [`Planner::next_assignment`] for every
+//!   source until it returns `None` (send each range to its source), then
+//!   [`Planner::poll_event`] until `None` ([`PlanEvent::Cancel`]: tell the
+//!   source to stop; [`PlanEvent::SourceStalled`]; [`PlanEvent::Complete`];
+//!   [`PlanEvent::SourcesExhausted`]: reset the client if past the cut), and
+//!   re-arm the timer with [`Planner::poll_timeout`].
 //!
-//! // The cut (A only; a neighbour has no original flow and plans from the
-//! // start of its range):
-//! if let Some(c) = p.requested_cut(now) {
-//!     let actual = splice.accelerate(c);   // may be later than c
-//!     p.set_cut(actual, now)?;
+//! ```
+//! use std::time::Duration;
+//! use tandem_plan::{PlanEvent, Planner, PlannerConfig, Rate, SourceSpec};
+//!
+//! let ms = Duration::from_millis;
+//! let uplink = Rate::from_mbit(20.0);
+//! let mut p = Planner::new(0..(32 << 20), PlannerConfig::default())?;
+//! let _orig = p.add_source(SourceSpec::original_flow(uplink, ms(20)), ms(0))?;
+//! let local = p.add_source(SourceSpec::local(uplink, ms(20)), ms(0))?;
+//! let peer = p.add_source(SourceSpec::peer(uplink, Rate::from_mbit(54.0), ms(24)), ms(0))?;
+//!
+//! // The original flow has passed 10 kB to the client when the response
+//! // head is judged eligible.
+//! p.on_delivered(10_000, ms(5));
+//! let cut = p.requested_cut(ms(5)).expect("a peer can help");
+//! let actual = cut; // what splice.accelerate(cut) achieved
+//! p.set_cut(actual, ms(5))?;
+//!
+//! // A toy driver: every source delivers each piece 100 ms after asking.
+//! let mut now = ms(5);
+//! let mut have = tandem_plan::RangeSet::new();
+//! have.insert(0..actual);
+//! let mut complete = false;
+//! while !complete {
+//!     let mut batch = Vec::new();
+//!     for s in [local, peer] {
+//!         while let Some(a) = p.next_assignment(s, now) {
+//!             batch.push(a);
+//!         }
+//!     }
+//!     now += ms(100);
+//!     for a in batch {
+//!         p.on_piece_data(a.piece, a.range.end - a.range.start, now)?;
+//!         have.insert(a.range);
+//!     }
+//!     p.on_delivered(have.contiguous_end(0), now);
+//!     while let Some(ev) = p.poll_event() {
+//!         complete |= ev == PlanEvent::Complete;
+//!     }
 //! }
-//!
-//! // After EVERY input below, for every source with a free request slot:
-//! while let Some(a) = p.next_assignment(source, now) { send a.range to a.source }
-//! while let Some(ev) = p.poll_event() { Cancel → tell the source; Complete → done }
-//! arm a timer for p.poll_timeout(); when it fires: p.handle_timeout(now)
-//!
-//! // Inputs:
-//! p.on_delivered(cursor, now);             // bytes handed to the client (before
-//!                                          // the cut: the original flow's progress)
-//! p.on_piece_data(piece, n, now)?;         // n more bytes of a piece, in order
-//! p.on_piece_done(piece, now)?;            // source says finished (idempotent)
-//! p.on_piece_failed(piece, now)?;          // bytes go back to the pool
-//! p.source_gone(source, now)?;             // link lost
-//! p.update_source_rate(source, advert)?;   // new advertisement
+//! assert_eq!(p.cursor(), 32 << 20);
+//! # Ok::<(), tandem_plan::PlanError>(())
 //! ```
 //!
 //! Guarantees: an assignment's range ends at most `window` bytes past the
