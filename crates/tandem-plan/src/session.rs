@@ -169,14 +169,25 @@ impl<P: Clone + Eq> SessionTable<P> {
         self.entries.get(key)
     }
 
-    /// Record activity (a piece request, data) on the session.
+    /// Record activity (a piece request, data) on the session. An entry
+    /// already idle for `idle_timeout` is dead even if not purged yet:
+    /// `UnknownSession`.
     pub fn touch(&mut self, key: &SessionKey, now: Duration) -> Result<(), SessionError> {
-        let e = self
-            .entries
-            .get_mut(key)
-            .ok_or(SessionError::UnknownSession(*key))?;
+        let e = self.live_mut(key, now)?;
         e.last_active = e.last_active.max(now);
         Ok(())
+    }
+
+    fn live_mut(
+        &mut self,
+        key: &SessionKey,
+        now: Duration,
+    ) -> Result<&mut Commitment<P>, SessionError> {
+        let timeout = self.limits.idle_timeout;
+        self.entries
+            .get_mut(key)
+            .filter(|e| now.saturating_sub(e.last_active) < timeout)
+            .ok_or(SessionError::UnknownSession(*key))
     }
 
     /// Record that `peer` committed to us for `key` (we sub-delegated).
@@ -187,10 +198,7 @@ impl<P: Clone + Eq> SessionTable<P> {
         now: Duration,
     ) -> Result<(), SessionError> {
         let max = self.limits.max_sub_delegates;
-        let e = self
-            .entries
-            .get_mut(key)
-            .ok_or(SessionError::UnknownSession(*key))?;
+        let e = self.live_mut(key, now)?;
         if !e.sub_delegates.contains(&peer) {
             if e.sub_delegates.len() >= max {
                 return Err(SessionError::TooManySubDelegates(*key));
@@ -363,6 +371,98 @@ mod tests {
         }
         assert_eq!(cancelled, 4);
         assert!(tables.iter().all(|t| t.is_empty()));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Commit(u8, u32),
+        Touch(u8),
+        Sub(u8, u32),
+        Cancel(u8),
+        Expire,
+        Tick(u16),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0u8..6, 0u32..5).prop_map(|(k, p)| Op::Commit(k, p)),
+            2 => (0u8..6).prop_map(Op::Touch),
+            2 => (0u8..6, 0u32..5).prop_map(|(k, p)| Op::Sub(k, p)),
+            1 => (0u8..6).prop_map(Op::Cancel),
+            1 => Just(Op::Expire),
+            2 => (0u16..800).prop_map(Op::Tick),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Against a model: a key is committed at most once while live, the
+        /// table never exceeds its capacity, and sub-delegates are bounded.
+        #[test]
+        fn table_matches_model(ops in proptest::collection::vec(op(), 0..200)) {
+            let limits = SessionLimits { capacity: 3, idle_timeout: ms(1000), max_sub_delegates: 2 };
+            let mut t: SessionTable<u32> = SessionTable::new(limits);
+            // key -> last activity
+            let mut model: std::collections::HashMap<u8, Duration> = Default::default();
+            let mut now = ms(0);
+            for o in ops {
+                let live = |m: &std::collections::HashMap<u8, Duration>, k: u8, now: Duration| {
+                    m.get(&k).is_some_and(|l| now.saturating_sub(*l) < ms(1000))
+                };
+                match o {
+                    Op::Commit(k, p) => {
+                        let r = t.try_commit(key(k), Some(p), now);
+                        if live(&model, k, now) {
+                            proptest::prop_assert_eq!(r, Err(SessionError::AlreadyCommitted(key(k))));
+                        } else {
+                            let live_count = model.keys().filter(|x| live(&model, **x, now)).count();
+                            if live_count < 3 {
+                                proptest::prop_assert_eq!(r.clone(), Ok(()));
+                            }
+                            if r.is_ok() {
+                                model.insert(k, now);
+                            }
+                        }
+                    }
+                    Op::Touch(k) => {
+                        let ok = t.touch(&key(k), now).is_ok();
+                        proptest::prop_assert_eq!(ok, live(&model, k, now));
+                        if ok && let Some(l) = model.get_mut(&k) { *l = now; }
+                    }
+                    Op::Sub(k, p) => {
+                        let r = t.add_sub_delegate(&key(k), p, now);
+                        if !live(&model, k, now) {
+                            proptest::prop_assert_eq!(r.clone(), Err(SessionError::UnknownSession(key(k))));
+                        }
+                        if r.is_ok() {
+                            if let Some(l) = model.get_mut(&k) { *l = now; }
+                        }
+                        if let Some(c) = t.get(&key(k)) {
+                            proptest::prop_assert!(c.sub_delegates.len() <= 2);
+                        }
+                    }
+                    Op::Cancel(k) => {
+                        let r = t.cancel(&key(k));
+                        if live(&model, k, now) {
+                            proptest::prop_assert!(r.is_some());
+                        }
+                        model.remove(&k);
+                    }
+                    Op::Expire => {
+                        for rel in t.expire(now) {
+                            let k = rel.key.0[0];
+                            proptest::prop_assert!(!live(&model, k, now));
+                            model.remove(&k);
+                        }
+                    }
+                    Op::Tick(d) => now += ms(d as u64),
+                }
+                proptest::prop_assert!(t.len() <= 3);
+                for k in 0..6u8 {
+                    proptest::prop_assert_eq!(t.is_committed(&key(k), now), live(&model, k, now));
+                }
+            }
+        }
     }
 
     #[test]
