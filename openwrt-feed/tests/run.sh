@@ -456,6 +456,16 @@ t_fw4_start_stop() {
   # reload (start again) replaces the table, does not duplicate it
   NS_EXEC="ip netns exec $NETNS" NFT_CMD="$WORK/nft-noqueue" init "$c" start_service
   [ "$(ip netns exec "$NETNS" nft list tables | grep -c 'inet tandem')" = 1 ] || fail "table duplicated"
+  # a reload with a broken configuration leaves no stale rules behind
+  cp "$c/uci/tandem" "$c/uci/tandem.good"
+  sed -i "s/option uplink_mbit '20.0'/option uplink_mbit '0'/" "$c/uci/tandem"
+  NS_EXEC="ip netns exec $NETNS" NFT_CMD="$WORK/nft-noqueue" init "$c" start_service &&
+    fail "reload accepted uplink_mbit 0"
+  ! ip netns exec "$NETNS" nft list table inet tandem >/dev/null 2>&1 || fail "stale table after a failed reload"
+  [ ! -e "$c/var/tandem.nft" ] || fail "stale include after a failed reload"
+  cp "$c/uci/tandem.good" "$c/uci/tandem"
+  NS_EXEC="ip netns exec $NETNS" NFT_CMD="$WORK/nft-noqueue" init "$c" start_service || fail "start again"
+  ip netns exec "$NETNS" nft list table inet tandem >/dev/null || fail "table not back"
   NS_EXEC="ip netns exec $NETNS" NFT_CMD="$WORK/nft-noqueue" init "$c" stop_service
   ! ip netns exec "$NETNS" nft list table inet tandem >/dev/null 2>&1 || fail "table left after stop"
   [ ! -e "$c/var/tandem.nft" ] || fail "rules file left after stop (fw4 would include it)"
