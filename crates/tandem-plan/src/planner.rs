@@ -826,6 +826,16 @@ impl Planner {
         self.pieces.len()
     }
 
+    /// Bytes of the body after the cut that are neither received nor held
+    /// by a live piece (0 once everything is assigned: a neighbour can then
+    /// start planning its next delegated piece so its sources never idle).
+    /// 0 while an original flow's cut is not planned yet.
+    pub fn unassigned_bytes(&self) -> u64 {
+        let floor = self.plan_floor().min(self.body.end);
+        let r = floor..self.body.end;
+        (r.end - r.start) - self.claimed().covered_in(&r)
+    }
+
     /// Counters.
     pub fn stats(&self) -> &PlanStats {
         &self.stats

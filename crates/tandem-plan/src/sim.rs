@@ -37,6 +37,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::ops::Range;
 use std::time::Duration;
 
 use crate::advert::{AdvertRule, AdvertTree};
@@ -127,6 +128,9 @@ pub struct Scenario {
     /// `false` models a neighbour planning a delegated range with its own
     /// uplink and neighbours: no cut, the local fetcher starts at once.
     pub original_flow: bool,
+    /// Simulate neighbours that have neighbours of their own as relays
+    /// running their own planner per piece, instead of aggregating them.
+    pub nested: bool,
 }
 
 impl Scenario {
@@ -142,6 +146,7 @@ impl Scenario {
             slow_start: true,
             report_chunk: 64 << 10,
             original_flow: true,
+            nested: false,
         }
     }
 
@@ -234,6 +239,8 @@ pub struct DownloadResult {
     pub steps: u64,
     /// Most live pieces the planner held at once.
     pub max_live_pieces: usize,
+    /// Sub-plans run by relays (nested multi-hop only).
+    pub relay_sub_plans: u64,
 }
 
 impl DownloadResult {
@@ -248,6 +255,8 @@ impl DownloadResult {
 
 #[derive(Debug)]
 struct Req {
+    /// Which planner the piece belongs to (a relay runs several).
+    tag: u64,
     piece: PieceId,
     start: u64,
     len: u64,
@@ -256,8 +265,21 @@ struct Req {
     ready_at: Duration,
 }
 
+/// Bytes a server reports for one piece.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    tag: u64,
+    piece: PieceId,
+    /// Absolute offset of the first reported byte.
+    start: u64,
+    n: u64,
+    done: bool,
+}
+
+/// A FIFO fluid server: A's local fetcher, a one-hop neighbour, or one of a
+/// relay's own sources.
 #[derive(Debug)]
-struct SimSource {
+struct Fifo {
     id: SourceId,
     rtt: Duration,
     wan_rtt: Duration,
@@ -265,6 +287,375 @@ struct SimSource {
     idle_since: Option<Duration>,
     /// Slow-start penalty still to be served by the head request.
     ramp_left: Duration,
+}
+
+impl Fifo {
+    fn new(id: SourceId, rtt: Duration, wan_rtt: Duration) -> Self {
+        Fifo {
+            id,
+            rtt,
+            wan_rtt,
+            queue: VecDeque::new(),
+            idle_since: None,
+            ramp_left: Duration::ZERO,
+        }
+    }
+
+    /// Queue a request sent at `t`; it cannot deliver before `floor`.
+    /// `slow_start_rate`: charge the ramp at this rate if the source is cold.
+    fn enqueue(
+        &mut self,
+        tag: u64,
+        piece: PieceId,
+        range: Range<u64>,
+        t: Duration,
+        floor: Duration,
+        slow_start_rate: Option<f64>,
+    ) {
+        if self.queue.is_empty() {
+            let cold = self
+                .idle_since
+                .is_none_or(|since| t.saturating_sub(since) > Duration::from_millis(200));
+            if let Some(r) = slow_start_rate
+                && cold
+            {
+                self.ramp_left = slow_start_penalty(r, self.wan_rtt);
+            }
+        }
+        self.queue.push_back(Req {
+            tag,
+            piece,
+            start: range.start,
+            len: range.end - range.start,
+            reported: 0,
+            progress: 0.0,
+            ready_at: (t + self.rtt).max(floor),
+        });
+    }
+
+    fn cancel(&mut self, tag: u64, piece: PieceId, t: Duration) {
+        self.queue.retain(|r| r.tag != tag || r.piece != piece);
+        if self.queue.is_empty() {
+            self.idle_since = Some(t);
+        }
+    }
+
+    fn clear_tag(&mut self, tag: u64, t: Duration) {
+        let before = self.queue.len();
+        self.queue.retain(|r| r.tag != tag);
+        if before > 0 && self.queue.is_empty() {
+            self.idle_since = Some(t);
+        }
+    }
+
+    fn next_event(&self, t: Duration, rate: f64, chunk: u64) -> Duration {
+        let Some(h) = self.queue.front() else {
+            return Duration::MAX;
+        };
+        if rate <= 0.0 {
+            return Duration::MAX;
+        }
+        let start = t.max(h.ready_at) + self.ramp_left;
+        let boundary = (h.reported + chunk).min(h.len) as f64;
+        start + secs((boundary - h.progress).max(0.0) / rate)
+    }
+
+    fn advance(&mut self, t: Duration, to: Duration, rate: f64) {
+        let Some(h) = self.queue.front_mut() else {
+            return;
+        };
+        let from = t.max(h.ready_at);
+        if to <= from || rate <= 0.0 {
+            return;
+        }
+        let mut dt = to - from;
+        if !self.ramp_left.is_zero() {
+            let used = dt.min(self.ramp_left);
+            self.ramp_left -= used;
+            dt -= used;
+        }
+        h.progress = (h.progress + rate * dt.as_secs_f64()).min(h.len as f64);
+    }
+
+    fn reports(&mut self, t: Duration, chunk: u64, out: &mut Vec<Report>) {
+        while let Some(h) = self.queue.front_mut() {
+            let boundary = (h.reported + chunk).min(h.len);
+            if h.progress + 0.5 < boundary as f64 {
+                break;
+            }
+            let n = boundary - h.reported;
+            out.push(Report {
+                tag: h.tag,
+                piece: h.piece,
+                start: h.start + h.reported,
+                n,
+                done: boundary == h.len,
+            });
+            h.reported = boundary;
+            h.progress = h.progress.max(boundary as f64);
+            if boundary == h.len {
+                self.queue.pop_front();
+                if self.queue.is_empty() {
+                    self.idle_since = Some(t);
+                }
+            }
+        }
+    }
+}
+
+/// One child of a relay: a neighbour of the neighbour.
+#[derive(Debug, Clone)]
+struct RelayChild {
+    rate: f64,
+    advertised: Rate,
+    link: Rate,
+    one_way: Duration,
+}
+
+/// A piece of A's being forwarded by a relay.
+#[derive(Debug)]
+struct Forward {
+    piece: PieceId,
+    range: Range<u64>,
+    received: RangeSet,
+    forwarded: f64,
+    reported: u64,
+}
+
+/// A neighbour that plans each piece A asks of it with its own planner over
+/// its own uplink and its neighbours (no original flow, no cut), and
+/// forwards the bytes to A in order over its link. The next piece's plan
+/// starts as soon as the current one has nothing left to assign.
+#[derive(Debug)]
+struct Relay {
+    id: SourceId,
+    link: f64,
+    link_one_way: Duration,
+    own: f64,
+    children: Vec<RelayChild>,
+    config: PlannerConfig,
+    slow_start: bool,
+    /// A's requests not started yet, with their arrival time at the relay.
+    pending: VecDeque<(PieceId, Range<u64>, Duration)>,
+    /// Pieces being fetched, each with its own planner (tag, A's piece,
+    /// planner); at most two: the next one starts once the current one has
+    /// nothing left to assign, so the relay's sources never idle between
+    /// pieces.
+    subs: VecDeque<(u64, PieceId, Planner)>,
+    next_tag: u64,
+    /// Pieces fetched or being fetched, in forwarding order.
+    forwards: VecDeque<Forward>,
+    /// The relay's own sources, persistent across pieces (index = the sub
+    /// planners' source id).
+    fifos: Vec<Fifo>,
+    sub_plans: u64,
+}
+
+impl Relay {
+    fn rate(&self, i: usize) -> f64 {
+        if i == 0 {
+            self.own
+        } else {
+            self.children.get(i - 1).map_or(0.0, |c| c.rate)
+        }
+    }
+
+    fn enqueue(&mut self, piece: PieceId, range: Range<u64>, t: Duration) {
+        self.pending
+            .push_back((piece, range, t + self.link_one_way));
+    }
+
+    fn cancel(&mut self, piece: PieceId, t: Duration) {
+        self.pending.retain(|p| p.0 != piece);
+        self.forwards.retain(|f| f.piece != piece);
+        if let Some(i) = self.subs.iter().position(|s| s.1 == piece) {
+            let tag = self.subs[i].0;
+            self.subs.remove(i);
+            for f in &mut self.fifos {
+                f.clear_tag(tag, t);
+            }
+        }
+    }
+
+    fn start_next(&mut self, t: Duration) {
+        let busy = match self.subs.back() {
+            None => false,
+            Some(s) => self.subs.len() >= 2 || s.2.unassigned_bytes() > 0,
+        };
+        if busy {
+            return;
+        }
+        let Some((piece, range, arrive)) = self.pending.front().cloned() else {
+            return;
+        };
+        if arrive > t {
+            return;
+        }
+        self.pending.pop_front();
+        let Ok(mut planner) = Planner::new(range.clone(), self.config.clone()) else {
+            return;
+        };
+        let wan_rtt = self.fifos.first().map_or(Duration::ZERO, |f| f.wan_rtt);
+        let _ = planner.add_source(
+            SourceSpec::local(Rate::from_bytes_per_sec(self.own), wan_rtt),
+            t,
+        );
+        for c in &self.children {
+            let _ = planner.add_source(
+                SourceSpec::peer(c.advertised, c.link, wan_rtt + c.one_way * 2),
+                t,
+            );
+        }
+        self.next_tag += 1;
+        self.subs.push_back((self.next_tag, piece, planner));
+        self.sub_plans += 1;
+        self.forwards.push_back(Forward {
+            piece,
+            range: range.clone(),
+            received: RangeSet::new(),
+            forwarded: 0.0,
+            reported: 0,
+        });
+    }
+
+    /// Hand out the sub-planner's work and apply its cancellations.
+    fn drive(&mut self, t: Duration) {
+        self.start_next(t);
+        let rates: Vec<f64> = (0..self.fifos.len()).map(|i| self.rate(i)).collect();
+        for (tag, _, planner) in self.subs.iter_mut() {
+            for (i, f) in self.fifos.iter_mut().enumerate() {
+                while let Some(a) = planner.next_assignment(f.id, t) {
+                    let ss = self.slow_start.then_some(rates[i]);
+                    f.enqueue(*tag, a.piece, a.range, t, t, ss);
+                }
+            }
+            while let Some(ev) = planner.poll_event() {
+                if let PlanEvent::Cancel { piece, source, .. } = ev
+                    && let Some(f) = self.fifos.get_mut(source.0 as usize)
+                {
+                    f.cancel(*tag, piece, t);
+                }
+            }
+        }
+        // The next plan may have been waiting for the last one to be fully
+        // assigned.
+        let before = self.subs.len();
+        if before == 1 {
+            self.start_next(t);
+            if self.subs.len() > before {
+                self.drive(t);
+            }
+        }
+    }
+
+    fn next_event(&self, t: Duration, chunk: u64) -> Duration {
+        let mut next = Duration::MAX;
+        if self.subs.len() < 2
+            && let Some(p) = self.pending.front()
+        {
+            next = next.min(p.2.max(t));
+        }
+        for (i, f) in self.fifos.iter().enumerate() {
+            next = next.min(f.next_event(t, self.rate(i), chunk));
+        }
+        if let Some(h) = self.forwards.front() {
+            let avail = h.received.contiguous_end(h.range.start) - h.range.start;
+            let boundary = (h.reported + chunk).min(avail);
+            if (boundary as f64) > h.forwarded + 0.5 && self.link > 0.0 {
+                next = next.min(t + secs((boundary as f64 - h.forwarded) / self.link));
+            } else if boundary > h.reported {
+                next = next.min(t);
+            }
+        }
+        for (_, _, planner) in &self.subs {
+            if let Some(pt) = planner.poll_timeout() {
+                next = next.min(pt.max(t));
+            }
+        }
+        next
+    }
+
+    fn advance(&mut self, t: Duration, to: Duration) {
+        for i in 0..self.fifos.len() {
+            let r = self.rate(i);
+            if let Some(f) = self.fifos.get_mut(i) {
+                f.advance(t, to, r);
+            }
+        }
+        if let Some(h) = self.forwards.front_mut() {
+            let avail = (h.received.contiguous_end(h.range.start) - h.range.start) as f64;
+            h.forwarded = (h.forwarded + self.link * to.saturating_sub(t).as_secs_f64()).min(avail);
+        }
+    }
+
+    /// Process everything due at `t`; reports for A go to `out`.
+    fn process(&mut self, t: Duration, chunk: u64, out: &mut Vec<Report>) {
+        let mut inner = Vec::new();
+        for f in &mut self.fifos {
+            f.reports(t, chunk, &mut inner);
+        }
+        for (tag, piece, planner) in self.subs.iter_mut() {
+            let mut fwd = self.forwards.iter_mut().find(|f| f.piece == *piece);
+            for r in inner.iter().filter(|r| r.tag == *tag) {
+                if planner.on_piece_data(r.piece, r.n, t).is_ok()
+                    && let Some(f) = fwd.as_mut()
+                {
+                    f.received.insert(r.start..r.start + r.n);
+                }
+                if r.done {
+                    let _ = planner.on_piece_done(r.piece, t);
+                }
+            }
+            if planner.poll_timeout().is_some_and(|pt| pt <= t) {
+                planner.handle_timeout(t);
+            }
+        }
+        // Forward to A, in order.
+        while let Some(h) = self.forwards.front_mut() {
+            let avail = h.received.contiguous_end(h.range.start) - h.range.start;
+            let len = h.range.end - h.range.start;
+            let boundary = (h.reported + chunk).min(avail);
+            if boundary <= h.reported || h.forwarded + 0.5 < boundary as f64 {
+                break;
+            }
+            out.push(Report {
+                tag: 0,
+                piece: h.piece,
+                start: h.range.start + h.reported,
+                n: boundary - h.reported,
+                done: boundary == len,
+            });
+            h.reported = boundary;
+            h.forwarded = h.forwarded.max(boundary as f64);
+            if boundary == len {
+                self.forwards.pop_front();
+            }
+        }
+        // A sub-plan's cursor is what has left the relay.
+        if let Some(h) = self.forwards.front()
+            && let Some(s) = self.subs.iter_mut().find(|s| s.1 == h.piece)
+        {
+            s.2.on_delivered(h.range.start + h.reported, t);
+        }
+        self.subs.retain(|s| !s.2.is_complete());
+        self.drive(t);
+    }
+}
+
+/// A source at A in the simulation.
+#[derive(Debug)]
+enum Server {
+    Leaf(Fifo),
+    Relay(Box<Relay>),
+}
+
+impl Server {
+    fn id(&self) -> SourceId {
+        match self {
+            Server::Leaf(f) => f.id,
+            Server::Relay(r) => r.id,
+        }
+    }
 }
 
 /// Time lost to slow start against full rate when a connection starts at
@@ -307,8 +698,9 @@ pub fn run_download(
         stats: Default::default(),
         steps: 0,
         max_live_pieces: 0,
+        relay_sub_plans: 0,
     };
-    let Ok(mut planner) = Planner::new(0..sc.size, config) else {
+    let Ok(mut planner) = Planner::new(0..sc.size, config.clone()) else {
         return result;
     };
     let t0 = Duration::ZERO;
@@ -317,25 +709,44 @@ pub fn run_download(
             planner.add_source(SourceSpec::original_flow(sc.a_uplink, wan_rtt), t0)?;
         }
         let local = planner.add_source(SourceSpec::local(sc.a_uplink, wan_rtt), t0)?;
-        let mut srcs = vec![SimSource {
-            id: local,
-            rtt: wan_rtt,
-            wan_rtt,
-            queue: VecDeque::new(),
-            idle_since: None,
-            ramp_left: Duration::ZERO,
-        }];
+        let mut srcs = vec![Server::Leaf(Fifo::new(local, wan_rtt, wan_rtt))];
         for n in &sc.neighbours {
             let rtt = wan_rtt + n.link_one_way * 2 * n.hops();
             let id = planner.add_source(SourceSpec::peer(n.advertised(rule), n.link, rtt), t0)?;
-            srcs.push(SimSource {
-                id,
-                rtt,
-                wan_rtt,
-                queue: VecDeque::new(),
-                idle_since: None,
-                ramp_left: Duration::ZERO,
-            });
+            if sc.nested && !n.behind.is_empty() {
+                let children: Vec<RelayChild> = n
+                    .behind
+                    .iter()
+                    .map(|(link, tree)| RelayChild {
+                        rate: tree.deliverable(Some(*link)).bytes_per_sec(),
+                        advertised: tree.advertise(rule, Some(*link)),
+                        link: *link,
+                        one_way: n.link_one_way,
+                    })
+                    .collect();
+                let mut fifos = vec![Fifo::new(SourceId(0), wan_rtt, wan_rtt)];
+                for (i, c) in children.iter().enumerate() {
+                    let rtt = wan_rtt + c.one_way * 2;
+                    fifos.push(Fifo::new(SourceId(i as u32 + 1), rtt, wan_rtt));
+                }
+                srcs.push(Server::Relay(Box::new(Relay {
+                    id,
+                    link: n.link.bytes_per_sec(),
+                    link_one_way: n.link_one_way,
+                    own: n.uplink.bytes_per_sec(),
+                    children,
+                    config: config.clone(),
+                    slow_start: sc.slow_start,
+                    pending: VecDeque::new(),
+                    subs: VecDeque::new(),
+                    next_tag: 0,
+                    forwards: VecDeque::new(),
+                    fifos,
+                    sub_plans: 0,
+                })));
+            } else {
+                srcs.push(Server::Leaf(Fifo::new(id, rtt, wan_rtt)));
+            }
         }
         Ok::<_, crate::planner::PlanError>(srcs)
     })();
@@ -369,48 +780,41 @@ pub fn run_download(
             sc.neighbour_rate(i - 1, t)
         }
     };
-    let mut marks: VecDeque<Duration> = sc.change_times().into();
-    marks.push_back(orig_end_time);
-    let mut marks: Vec<Duration> = marks.into();
+    let mut marks: Vec<Duration> = sc.change_times();
+    marks.push(orig_end_time);
     marks.sort();
 
     let mut received = RangeSet::new();
+    let mut reports = Vec::new();
     let mut t = t0;
     loop {
         result.steps += 1;
         // 1. Hand out work and apply cancellations.
         for (i, s) in srcs.iter_mut().enumerate() {
-            while let Some(a) = planner.next_assignment(s.id, t) {
-                let mut ready = t + s.rtt;
-                if i == 0 {
-                    ready = ready.max(orig_end_time);
-                }
-                if s.queue.is_empty() {
-                    let cold = s
-                        .idle_since
-                        .is_none_or(|since| t.saturating_sub(since) > Duration::from_millis(200));
-                    if sc.slow_start && cold {
+            while let Some(a) = planner.next_assignment(s.id(), t) {
+                match s {
+                    Server::Leaf(f) => {
+                        let floor = if i == 0 { orig_end_time } else { t };
                         let r = if i == 0 { a_rate } else { rate_of(i, t) };
-                        s.ramp_left = slow_start_penalty(r, s.wan_rtt);
+                        f.enqueue(0, a.piece, a.range, t, floor, sc.slow_start.then_some(r));
                     }
+                    Server::Relay(r) => r.enqueue(a.piece, a.range, t),
                 }
-                s.queue.push_back(Req {
-                    piece: a.piece,
-                    start: a.range.start,
-                    len: a.range.end - a.range.start,
-                    reported: 0,
-                    progress: 0.0,
-                    ready_at: ready,
-                });
+            }
+            if let Server::Relay(r) = s {
+                r.drive(t);
             }
         }
         while let Some(ev) = planner.poll_event() {
             if let PlanEvent::Cancel { piece, source, .. } = ev
-                && let Some(s) = srcs.iter_mut().find(|s| s.id == source)
+                && let Some(s) = srcs.iter_mut().find(|s| s.id() == source)
             {
-                s.queue.retain(|r| r.piece != piece);
-                if s.queue.is_empty() {
-                    s.idle_since = Some(t);
+                match s {
+                    Server::Leaf(f) => f.cancel(0, piece, t),
+                    Server::Relay(r) => {
+                        r.cancel(piece, t);
+                        r.drive(t);
+                    }
                 }
             }
         }
@@ -426,14 +830,10 @@ pub fn run_download(
             next = next.min(secs(b as f64 / a_rate).max(t));
         }
         for (i, s) in srcs.iter().enumerate() {
-            let Some(h) = s.queue.front() else { continue };
-            let r = rate_of(i, t);
-            if r <= 0.0 {
-                continue;
-            }
-            let start = t.max(h.ready_at) + s.ramp_left;
-            let boundary = (h.reported + chunk).min(h.len) as f64;
-            next = next.min(start + secs((boundary - h.progress).max(0.0) / r));
+            next = next.min(match s {
+                Server::Leaf(f) => f.next_event(t, rate_of(i, t), chunk),
+                Server::Relay(r) => r.next_event(t, chunk),
+            });
         }
         if let Some(m) = marks.iter().find(|m| **m > t) {
             next = next.min(*m);
@@ -446,21 +846,10 @@ pub fn run_download(
         }
         // 3. Advance fluid progress to `next`.
         for (i, s) in srcs.iter_mut().enumerate() {
-            let r = rate_of(i, t);
-            let Some(h) = s.queue.front_mut() else {
-                continue;
-            };
-            let from = t.max(h.ready_at);
-            if next <= from || r <= 0.0 {
-                continue;
+            match s {
+                Server::Leaf(f) => f.advance(t, next, rate_of(i, t)),
+                Server::Relay(r) => r.advance(t, next),
             }
-            let mut dt = next - from;
-            if !s.ramp_left.is_zero() {
-                let used = dt.min(s.ramp_left);
-                s.ramp_left -= used;
-                dt -= used;
-            }
-            h.progress = (h.progress + r * dt.as_secs_f64()).min(h.len as f64);
         }
         t = next;
         // 4. Reports.
@@ -474,26 +863,18 @@ pub fn run_download(
         }
         received.insert(0..orig_delivered);
         for (i, s) in srcs.iter_mut().enumerate() {
-            while let Some(h) = s.queue.front_mut() {
-                let boundary = (h.reported + chunk).min(h.len);
-                if h.progress + 0.5 < boundary as f64 {
-                    break;
-                }
-                let n = boundary - h.reported;
-                received.insert(h.start + h.reported..h.start + boundary);
-                h.reported = boundary;
-                h.progress = h.progress.max(boundary as f64);
-                let piece = h.piece;
-                let done = h.reported == h.len;
-                result.bytes_by_source[i] += n;
+            reports.clear();
+            match s {
+                Server::Leaf(f) => f.reports(t, chunk, &mut reports),
+                Server::Relay(r) => r.process(t, chunk, &mut reports),
+            }
+            for r in &reports {
+                received.insert(r.start..r.start + r.n);
+                result.bytes_by_source[i] += r.n;
                 // Errors here mean a cancel raced the data: drop the bytes.
-                let _ = planner.on_piece_data(piece, n, t);
-                if done {
-                    s.queue.pop_front();
-                    let _ = planner.on_piece_done(piece, t);
-                    if s.queue.is_empty() {
-                        s.idle_since = Some(t);
-                    }
+                let _ = planner.on_piece_data(r.piece, r.n, t);
+                if r.done {
+                    let _ = planner.on_piece_done(r.piece, t);
                 }
             }
         }
@@ -508,6 +889,13 @@ pub fn run_download(
         }
     }
     result.stats = planner.stats().clone();
+    result.relay_sub_plans = srcs
+        .iter()
+        .map(|s| match s {
+            Server::Relay(r) => r.sub_plans,
+            Server::Leaf(_) => 0,
+        })
+        .sum();
     result
 }
 
@@ -818,8 +1206,11 @@ pub fn standard_scenarios(size: u64) -> Vec<Scenario> {
     v.push(Scenario::new(
         "2-hop: B10 + C20,D20 behind B",
         size,
-        vec![two_hop],
+        vec![two_hop.clone()],
     ));
+    let mut nested = Scenario::new("2-hop nested: B sub-plans each piece", size, vec![two_hop]);
+    nested.nested = true;
+    v.push(nested);
     v.push(Scenario::new(
         "slow link: B50 over 11",
         size,

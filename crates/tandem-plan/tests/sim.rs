@@ -201,3 +201,20 @@ fn deeper_limit_involves_more_routers() {
     assert!(deep.involved > shallow.involved);
     assert_eq!(deep.double_commitments, 0);
 }
+
+#[test]
+fn nested_two_hop_relay_runs_its_own_planner_and_helps() {
+    let sc = standard_scenarios(32 * MIB)
+        .into_iter()
+        .find(|s| s.nested)
+        .unwrap();
+    let cfg = PlannerConfig::default();
+    let r = run_download(&sc, Policy::Dynamic, AdvertRule::CappedSum, &cfg);
+    assert!(r.completion.is_some());
+    // B relayed a large part of the body through many sub-plans.
+    assert!(r.bytes_by_source[1] > 16 * MIB, "{:?}", r.bytes_by_source);
+    assert!(r.relay_sub_plans >= 8, "{}", r.relay_sub_plans);
+    // Far better than A alone (20 Mbit/s of 70).
+    assert!(r.efficiency() > 0.85, "{}", r.efficiency());
+    assert!(r.peak_buffer <= cfg.window);
+}
