@@ -258,7 +258,7 @@ t_procd_instance() {
   grep -qx "set_param respawn 3600 5 5" "$c/procd.log" || fail "respawn"
   grep -qx "set_param stdout 1" "$c/procd.log" || fail "stdout to logd"
   grep -qx "set_param stderr 1" "$c/procd.log" || fail "stderr to logd"
-  grep -qx "set_param env RUST_LOG=debug" "$c/procd.log" || fail "log level"
+  grep -qx "set_param env TANDEM_LOG=debug" "$c/procd.log" || fail "log level"
   grep -qx "set_param file $c/var/tandem.toml $c/etc/tandem/other.key" "$c/procd.log" ||
     fail "file (restart on config/key change)"
   grep -qx "close_instance" "$c/procd.log" || fail "close_instance"
@@ -358,7 +358,8 @@ t_keygen() {
   cat "$c/logger.log"
   [ -s "$c/etc/tandem/new/key" ] || fail "no key written"
   [ "$(stat -c %a "$c/etc/tandem/new/key")" = 600 ] || fail "key mode $(stat -c %a "$c/etc/tandem/new/key")"
-  grep -q "created private key" "$c/logger.log" || fail "no log line with the public key"
+  grep -qE "created private key .*neighbours: [A-Za-z0-9+/]{43}=" "$c/logger.log" ||
+    fail "no log line with the public key"
   # second start keeps the key
   local sum
   sum=$(md5sum <"$c/etc/tandem/new/key")
