@@ -16,6 +16,7 @@
 #  - shellcheck of the shipped scripts, uci-defaults registration.
 #
 #   bash openwrt-feed/tests/run.sh <path-to-tandem-binary>
+#   ONLY=keygen bash openwrt-feed/tests/run.sh ...   (just t_*keygen*)
 #
 # Exits non-zero when any test fails; the last line is "N passed, M failed"
 # (", K skipped" when some could not run here).
@@ -68,6 +69,8 @@ SKIP=77 # a test returns this when it cannot run here
 run_test() {
   local name=$1 log="$WORK/test.log" rc
   shift
+  # ONLY=<regex> runs only the test functions whose name matches.
+  [[ -z "${ONLY:-}" || "$1" =~ $ONLY ]] || return 0
   ( set -e; "$@" ) >"$log" 2>&1
   rc=$?
   if [ $rc = 0 ]; then
@@ -353,7 +356,8 @@ t_keygen() {
   local c="$WORK/keygen"
   new_case "$c" "$FIX/example.uci"
   rm -f "$c/etc/tandem/key"
-  sed -i "s|option private_key_file '/etc/tandem/key'|option private_key_file '$c/etc/tandem/new/key'|" "$c/uci/tandem"
+  sed -i "s|option private_key_file '.*'|option private_key_file '$c/etc/tandem/new/key'|" "$c/uci/tandem"
+  grep -q "$c/etc/tandem/new/key" "$c/uci/tandem" || fail "fixture edit"
   init "$c" start_service || { cat "$c/logger.log"; fail "start_service"; }
   cat "$c/logger.log"
   [ -s "$c/etc/tandem/new/key" ] || fail "no key written"
