@@ -21,6 +21,11 @@
 //!   each link independent, one extra link round trip of latency per hop).
 //!   A neighbour that dies delivers nothing more; the planner finds out by
 //!   its stall timer.
+//! * With [`Scenario::nested`], a neighbour with neighbours of its own is a
+//!   relay instead: it plans each piece A asks of it with its own
+//!   [`Planner`] (its uplink and its neighbours as FIFO servers), forwards
+//!   the bytes to A in order over its link, and starts planning the next
+//!   piece once the current plan has nothing left to assign.
 //! * Bytes reach the planner in reports of `report_chunk` bytes. A delivers
 //!   to the client in order, instantly (LAN): the delivery cursor is the
 //!   contiguous prefix of received bytes.
