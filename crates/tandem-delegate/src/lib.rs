@@ -1,1 +1,39 @@
-//! tandem-delegate (placeholder, being built).
+//! The delegation runtime of tandem (tokio): neighbours fetch pieces of a
+//! download over their own uplinks and stream them back over the
+//! authenticated peer protocol (`tandem-peer`).
+//!
+//! A router runs one [`Node`]:
+//!
+//! - **Serving side** ([`Node::serve`]): accepts neighbours listed in its
+//!   config (Noise IK, unknown keys refused). On `Negotiate` it refuses
+//!   requests that carried `Cookie`/`Authorization` (unless
+//!   [`ServeConfig::allow_credentials`]), origins its SSRF guard
+//!   ([`ServeConfig::target_policy`]) rejects, and session keys it already
+//!   committed to (`tandem_plan::SessionTable`); otherwise it commits and
+//!   serves `PieceRequest`s with a `RangeFetcher` (`Range` + `If-Range`),
+//!   streaming `PieceData` chunks as they arrive, paced to
+//!   `uplink_bps x neighbour_share` and at most `max_concurrent_pieces`
+//!   pieces at once over all neighbours. `Cancel`, or the connection
+//!   closing, releases the key.
+//! - **Requesting side** ([`Node::open_session`] -> [`Session`]): negotiates
+//!   with every neighbour that has an address, in parallel, and runs the
+//!   `tandem_plan::Planner` over A's own fetcher and the committed
+//!   neighbours; dead, stalled or failing sources get their pieces
+//!   reassigned; `ResourceChanged` from any source aborts the session.
+//!
+//! Calling contract: everything runs on a tokio runtime; the sans-IO parts
+//! (planner, session table, peer protocol core) are driven here with
+//! `tokio::time::Instant` as the clock. See [`Session`] for how the daemon
+//! consumes a download. Not done yet: sub-delegation (the hop budget is
+//! carried but a node never delegates further), pooled peer connections
+//! (one connection per session and neighbour).
+
+mod limit;
+mod node;
+mod session;
+mod worker;
+
+pub use node::{NeighbourConfig, Node, NodeConfig, NodeStats, ServeConfig};
+pub use session::{
+    Chunk, Download, Session, SessionConfig, SessionError, SessionStats, SourceStats,
+};

@@ -21,12 +21,14 @@
 //!  send PieceCancel  ─► Cancelling (data dropped until PieceEnd/PieceError)
 //! ```
 //!
-//! A closed session leaves a tombstone (bounded FIFO). Messages that cross a
+//! A closed session leaves a tombstone (bounded FIFO). A requester may
+//! negotiate a key again on the same connection after a `Refuse` (nothing
+//! of it can still be in flight), never after its own `Cancel`. Messages that cross a
 //! close on the wire (data after our `Cancel`, a `PieceRequest` after our
 //! `Refuse`) hit a tombstone and are dropped silently; messages for a session
 //! never seen are protocol errors.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use crate::message::{ByteRange, Message, PieceId, SessionKey};
 
@@ -149,12 +151,16 @@ struct Session {
 #[derive(Debug, Default)]
 struct Tombstones {
     order: VecDeque<SessionKey>,
-    set: HashSet<SessionKey>,
+    /// Key -> whether the requester may negotiate it again on this
+    /// connection (true after a `Refuse`: the server sends nothing after it;
+    /// false after a `Cancel`: data sent before the server saw it may still
+    /// be in flight).
+    set: HashMap<SessionKey, bool>,
 }
 
 impl Tombstones {
-    fn insert(&mut self, key: SessionKey) {
-        if self.set.insert(key) {
+    fn insert(&mut self, key: SessionKey, reusable: bool) {
+        if self.set.insert(key, reusable).is_none() {
             self.order.push_back(key);
             if self.order.len() > TOMBSTONES {
                 if let Some(old) = self.order.pop_front() {
@@ -165,11 +171,15 @@ impl Tombstones {
     }
 
     fn contains(&self, key: &SessionKey) -> bool {
-        self.set.contains(key)
+        self.set.contains_key(key)
+    }
+
+    fn reusable(&self, key: &SessionKey) -> bool {
+        self.set.get(key).copied().unwrap_or(true)
     }
 
     fn remove(&mut self, key: &SessionKey) {
-        if self.set.remove(key) {
+        if self.set.remove(key).is_some() {
             self.order.retain(|k| k != key);
         }
     }
@@ -191,9 +201,9 @@ struct Directional {
 }
 
 impl Directional {
-    fn close(&mut self, key: SessionKey) {
+    fn close(&mut self, key: SessionKey, reusable: bool) {
         self.sessions.remove(&key);
-        self.tombstones.insert(key);
+        self.tombstones.insert(key, reusable);
     }
 }
 
@@ -254,7 +264,7 @@ impl Rules {
                     return Err(Violation::DuplicateSession(n.session));
                 }
                 if dir.tombstones.contains(&n.session) {
-                    if sending {
+                    if sending && !dir.tombstones.reusable(&n.session) {
                         // Late data of the old incarnation could be mistaken
                         // for the new one: never reuse a key on a connection.
                         return Err(Violation::KeyReused(n.session));
@@ -292,13 +302,13 @@ impl Rules {
                 if lookup(dir, *session, kind)?.is_none() {
                     return Ok(Disposition::Drop);
                 }
-                dir.close(*session);
+                dir.close(*session, true);
                 Ok(Disposition::Pass)
             }
             Message::Cancel { session } => {
                 let dir = self.table(table);
                 if dir.sessions.contains_key(session) {
-                    dir.close(*session);
+                    dir.close(*session, false);
                     Ok(Disposition::Pass)
                 } else if sending {
                     // Cancelling a session the peer already refused: the

@@ -1,0 +1,495 @@
+//! A router's delegation node: its keys, neighbours, session table and the
+//! serving side (answering neighbours' negotiations and piece requests).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tandem_fetch::{FetchConfig, RangeFetcher, Resource, TargetPolicy};
+use tandem_http::{Headers, RequestHead};
+use tandem_peer::{
+    Config as PeerConfig, Hello, KeyPair, Message, Negotiate, PeerConnection, PeerError, PeerSet,
+    PublicKey, RefuseReason, SessionKey,
+};
+use tandem_plan::{SessionError as TableError, SessionLimits, SessionTable};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::limit::RateLimiter;
+use crate::worker::{CancelSet, PieceJob, WorkerLimits, run_worker};
+
+/// A neighbour router.
+#[derive(Debug, Clone)]
+pub struct NeighbourConfig {
+    /// Name for logs.
+    pub name: String,
+    /// Its static public key (it is accepted as a peer, and expected when
+    /// we connect to it).
+    pub key: PublicKey,
+    /// Where to connect to it to delegate pieces; `None` if we only accept
+    /// its connections.
+    pub addr: Option<SocketAddr>,
+    /// Capacity of the link to it (bits/s), for the planner's link cost.
+    pub link_bps: u64,
+}
+
+/// How this router serves its neighbours.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Which origins may be fetched for neighbours (SSRF guard): public
+    /// unicast only, configured ports, never our own addresses;
+    /// `allow_documentation_ranges` for the lab, `allow_loopback` for
+    /// in-process tests only.
+    pub target_policy: TargetPolicy,
+    /// Serve requests that carried `Cookie`/`Authorization` (default false:
+    /// refused with `Credentials`).
+    pub allow_credentials: bool,
+    /// This router's uplink (bits/s); 0 means unknown/unlimited.
+    pub uplink_bps: u64,
+    /// Share of the uplink given to neighbours, 0.0..=1.0 (pacing of the
+    /// bytes served; with `uplink_bps` 0 nothing is paced).
+    pub neighbour_share: f64,
+    /// Pieces fetched for neighbours at once, over all neighbours.
+    pub max_concurrent_pieces: usize,
+    /// Fetcher settings (timeouts, source address). Its policy is replaced
+    /// by `target_policy`.
+    pub fetch: FetchConfig,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            target_policy: TargetPolicy::default(),
+            allow_credentials: false,
+            uplink_bps: 0,
+            neighbour_share: 0.5,
+            max_concurrent_pieces: 4,
+            fetch: FetchConfig::default(),
+        }
+    }
+}
+
+/// Everything a [`Node`] needs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Router name (sent in `Hello`).
+    pub name: String,
+    /// The router's static key pair.
+    pub keys: KeyPair,
+    /// Its neighbours.
+    pub neighbours: Vec<NeighbourConfig>,
+    /// Serving side.
+    pub serve: ServeConfig,
+    /// Peer connection timers.
+    pub peer: PeerConfig,
+    /// Session table limits (capacity, idle expiry).
+    pub session_limits: SessionLimits,
+}
+
+impl NodeConfig {
+    /// A config with defaults for everything but identity and neighbours.
+    pub fn new(name: impl Into<String>, keys: KeyPair, neighbours: Vec<NeighbourConfig>) -> Self {
+        Self {
+            name: name.into(),
+            keys,
+            neighbours,
+            serve: ServeConfig::default(),
+            peer: PeerConfig::default(),
+            session_limits: SessionLimits::default(),
+        }
+    }
+}
+
+/// Counters of a node (for tests, logs and the status socket).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Peer connections that completed the handshake.
+    pub connections: u64,
+    /// `Negotiate` messages received.
+    pub negotiations: u64,
+    /// Sessions committed to.
+    pub commits: u64,
+    /// Sessions refused.
+    pub refusals: u64,
+    /// Pieces requested by neighbours.
+    pub pieces_requested: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: NodeConfig,
+    pub(crate) peers: Arc<PeerSet>,
+    pub(crate) sessions: Mutex<SessionTable<PublicKey>>,
+    start: Instant,
+    pub(crate) limits: WorkerLimits,
+    stats: Mutex<NodeStats>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A router's delegation node. Cheap to clone (shared state).
+///
+/// Serving: [`Node::serve`] accepts neighbours on a listener. Requesting:
+/// [`Node::open_session`] (see [`crate::Session`]).
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.inner.config.name)
+            .field("key", &self.inner.config.keys.public())
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Node {
+    /// Builds a node (no task is started).
+    pub fn new(config: NodeConfig) -> Self {
+        let peers: PeerSet = config
+            .neighbours
+            .iter()
+            .map(|n| (n.key, n.name.clone()))
+            .collect();
+        let serve = &config.serve;
+        let share = serve.neighbour_share.clamp(0.0, 1.0);
+        let rate_bytes = (serve.uplink_bps as f64 / 8.0 * share) as u64;
+        let limits = WorkerLimits {
+            rate: RateLimiter::new(rate_bytes, 64 * 1024).map(Arc::new),
+            pieces: Some(Arc::new(Semaphore::new(serve.max_concurrent_pieces.max(1)))),
+        };
+        let (shutdown, _) = watch::channel(false);
+        Self {
+            inner: Arc::new(Inner {
+                sessions: Mutex::new(SessionTable::new(config.session_limits)),
+                peers: Arc::new(peers),
+                start: Instant::now(),
+                limits,
+                stats: Mutex::new(NodeStats::default()),
+                shutdown,
+                config,
+            }),
+        }
+    }
+
+    /// This router's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.config.keys.public()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> NodeStats {
+        *lock(&self.inner.stats)
+    }
+
+    /// Whether this router currently holds a commitment for `key` (as a
+    /// server, or as the initiator of a session).
+    pub fn is_committed(&self, key: &SessionKey) -> bool {
+        let now = self.now();
+        lock(&self.inner.sessions).is_committed(&plan_key(key), now)
+    }
+
+    /// Time since the node started: the clock of its session table.
+    pub(crate) fn now(&self) -> Duration {
+        self.inner.start.elapsed()
+    }
+
+    pub(crate) fn hello(&self) -> Hello {
+        // No SUB_DELEGATION bit: this node serves pieces itself only.
+        Hello::new(self.inner.config.name.clone(), 0)
+    }
+
+    /// The rate this router offers a neighbour for one session (bits/s);
+    /// 0 when no uplink is configured (unknown).
+    pub(crate) fn offered_rate_bps(&self) -> u64 {
+        let s = &self.inner.config.serve;
+        if s.uplink_bps == 0 {
+            return 0;
+        }
+        (s.uplink_bps as f64 * s.neighbour_share.clamp(0.0, 1.0)) as u64
+    }
+
+    /// Stops [`Node::serve`] and drops every connection it accepted (their
+    /// sessions are released). For shutdown and for tests that kill a peer.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Accepts neighbours on `listener` until [`Node::shutdown`]. Each
+    /// connection runs in its own task; a misbehaving neighbour only loses
+    /// its own connection.
+    pub async fn serve(&self, listener: TcpListener) {
+        let mut stop = self.inner.shutdown.subscribe();
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => {
+                        let node = self.clone();
+                        conns.spawn(async move { node.serve_connection(stream, addr).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                () = stopped(&mut stop) => break,
+            }
+        }
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+    }
+
+    async fn serve_connection(self, stream: TcpStream, addr: SocketAddr) {
+        let cfg = &self.inner.config;
+        let conn = PeerConnection::accept(
+            stream,
+            &cfg.keys,
+            self.inner.peers.clone(),
+            self.hello(),
+            cfg.peer,
+        )
+        .await;
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(peer = %addr, error = %e, "peer handshake refused");
+                return;
+            }
+        };
+        lock(&self.inner.stats).connections += 1;
+        let mut served = Served {
+            node: self.clone(),
+            peer: conn.peer().key,
+            sessions: HashMap::new(),
+        };
+        let (out_tx, mut out_rx) = mpsc::channel::<Message>(16);
+        let rate = self.offered_rate_bps();
+        if rate > 0 {
+            let _ = conn.send(&Message::Advertise { rate_bps: rate }).await;
+        }
+        loop {
+            tokio::select! {
+                msg = conn.recv() => match msg {
+                    Ok(m) => {
+                        if let Some(reply) = served.handle(m, &out_tx) {
+                            if let Err(e) = conn.send(&reply).await {
+                                if e.is_fatal() { break; }
+                            }
+                        }
+                    }
+                    Err(PeerError::Eof) => {
+                        tracing::debug!(peer = %addr, "peer closed the connection");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %addr, error = %e, "peer connection ended");
+                        break;
+                    }
+                },
+                Some(m) = out_rx.recv() => {
+                    if let Err(e) = conn.send(&m).await {
+                        if e.is_fatal() { break; }
+                        tracing::debug!(error = %e, "dropped piece message");
+                    }
+                }
+            }
+        }
+        served.release_all();
+    }
+
+    /// Decides on a negotiation; `Ok` carries the fetcher for the session.
+    fn negotiate(
+        &self,
+        n: &Negotiate,
+        from: PublicKey,
+    ) -> Result<(RangeFetcher, u64), RefuseReason> {
+        let cfg = &self.inner.config.serve;
+        let credentials = n.headers.iter().any(|(name, _)| {
+            name.eq_ignore_ascii_case("cookie") || name.eq_ignore_ascii_case("authorization")
+        });
+        if credentials && !cfg.allow_credentials {
+            return Err(RefuseReason::Credentials);
+        }
+        if let Err(e) = cfg.target_policy.check(n.origin) {
+            tracing::info!(origin = %n.origin, reason = %e, "refused target");
+            return Err(RefuseReason::Target);
+        }
+        let resource = resource_of(n).ok_or(RefuseReason::Unsupported)?;
+        let mut fetch = cfg.fetch.clone();
+        fetch.policy = cfg.target_policy.clone();
+        let fetcher = RangeFetcher::new(resource, fetch).map_err(|e| {
+            tracing::info!(error = %e, "cannot fetch for neighbour");
+            RefuseReason::Target
+        })?;
+        let now = self.now();
+        let mut table = lock(&self.inner.sessions);
+        // Expired entries would otherwise linger until the table fills.
+        let _ = table.expire(now);
+        match table.try_commit(plan_key(&n.session), Some(from), now) {
+            Ok(()) => {}
+            Err(TableError::AlreadyCommitted(_)) => return Err(RefuseReason::DuplicateSession),
+            Err(_) => return Err(RefuseReason::Capacity),
+        }
+        Ok((fetcher, self.offered_rate_bps()))
+    }
+
+    pub(crate) fn release(&self, key: &SessionKey) {
+        lock(&self.inner.sessions).cancel(&plan_key(key));
+    }
+
+    pub(crate) fn touch(&self, key: &SessionKey) {
+        let now = self.now();
+        let _ = lock(&self.inner.sessions).touch(&plan_key(key), now);
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.is_ok();
+}
+
+pub(crate) fn plan_key(k: &SessionKey) -> tandem_plan::SessionKey {
+    tandem_plan::SessionKey::from_bytes(k.0)
+}
+
+/// The request a neighbour repeats, rebuilt from a `Negotiate`.
+fn resource_of(n: &Negotiate) -> Option<Resource> {
+    let mut headers = Headers::new();
+    for (name, value) in &n.headers {
+        headers.push(name, value.as_bytes()).ok()?;
+    }
+    let validator = match &n.validator {
+        tandem_peer::Validator::ETag(v) => tandem_http::Validator::ETag(v.clone()),
+        tandem_peer::Validator::LastModified(v) => tandem_http::Validator::LastModified(v.clone()),
+    };
+    Some(Resource {
+        origin: n.origin,
+        host: n.host.clone(),
+        request: RequestHead {
+            method: "GET".into(),
+            target: n.target.clone(),
+            version: 1,
+            headers,
+        },
+        validator,
+        total_len: n.body_length,
+    })
+}
+
+/// One session served on one connection.
+struct ServedSession {
+    jobs: mpsc::UnboundedSender<PieceJob>,
+    cancelled: CancelSet,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+/// The sessions a connection serves.
+struct Served {
+    node: Node,
+    peer: PublicKey,
+    sessions: HashMap<SessionKey, ServedSession>,
+}
+
+impl Served {
+    /// Handles one message from the requester; returns a direct reply.
+    fn handle(&mut self, msg: Message, out: &mpsc::Sender<Message>) -> Option<Message> {
+        match msg {
+            Message::Negotiate(n) => {
+                lock(&self.node.inner.stats).negotiations += 1;
+                let session = n.session;
+                match self.node.negotiate(&n, self.peer) {
+                    Ok((fetcher, rate_bps)) => {
+                        lock(&self.node.inner.stats).commits += 1;
+                        let (jobs, jobs_rx) = mpsc::unbounded_channel();
+                        let cancelled = CancelSet::default();
+                        let worker = tokio::spawn(run_worker(
+                            session,
+                            fetcher,
+                            jobs_rx,
+                            cancelled.clone(),
+                            out.clone(),
+                            self.node.inner.limits.clone(),
+                        ));
+                        self.sessions.insert(
+                            session,
+                            ServedSession {
+                                jobs,
+                                cancelled,
+                                worker,
+                            },
+                        );
+                        tracing::debug!(%session, "committed");
+                        Some(Message::Commit { session, rate_bps })
+                    }
+                    Err(reason) => {
+                        lock(&self.node.inner.stats).refusals += 1;
+                        tracing::debug!(%session, ?reason, "refused");
+                        Some(Message::Refuse { session, reason })
+                    }
+                }
+            }
+            Message::PieceRequest {
+                session,
+                piece,
+                range,
+            } => {
+                lock(&self.node.inner.stats).pieces_requested += 1;
+                self.node.touch(&session);
+                if let Some(s) = self.sessions.get(&session) {
+                    let job = PieceJob {
+                        piece,
+                        range: range.start..range.end,
+                    };
+                    if s.jobs.send(job).is_err() {
+                        return Some(Message::PieceError {
+                            session,
+                            piece,
+                            kind: tandem_peer::PieceErrorKind::Internal,
+                            detail: "worker gone".into(),
+                        });
+                    }
+                }
+                None
+            }
+            Message::PieceCancel { session, piece } => {
+                if let Some(s) = self.sessions.get(&session) {
+                    s.cancelled.insert(piece);
+                }
+                None
+            }
+            Message::Cancel { session } => {
+                if let Some(s) = self.sessions.remove(&session) {
+                    s.worker.abort();
+                    self.node.release(&session);
+                    tracing::debug!(%session, "cancelled by requester");
+                }
+                None
+            }
+            // Rates of the requester, and anything for sessions we asked
+            // for (never on an accepted connection): nothing to do.
+            _ => None,
+        }
+    }
+
+    fn release_all(&mut self) {
+        for (key, s) in self.sessions.drain() {
+            s.worker.abort();
+            self.node.release(&key);
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}

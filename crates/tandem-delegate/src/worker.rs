@@ -1,0 +1,172 @@
+//! The piece fetch worker: fetches the pieces of one session, one after the
+//! other, with a [`RangeFetcher`] (one keep-alive connection to the origin),
+//! and streams them as peer messages (`PieceData` chunks of at most
+//! [`MAX_CHUNK`] bytes, then `PieceEnd` or `PieceError`).
+//!
+//! Used on both sides: a neighbour serving a session streams the messages
+//! to the requester's connection; router A's own fetcher streams them into
+//! its session task, which treats them like a peer's.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tandem_fetch::{FetchError, FetchErrorClass, RangeFetcher};
+use tandem_peer::{MAX_CHUNK, Message, PieceErrorKind, PieceId, SessionKey};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::limit::RateLimiter;
+
+/// One piece to fetch.
+#[derive(Debug, Clone)]
+pub(crate) struct PieceJob {
+    pub(crate) piece: PieceId,
+    pub(crate) range: Range<u64>,
+}
+
+/// Pieces the requester cancelled; checked before a piece starts and after
+/// every chunk.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct CancelSet(Arc<Mutex<HashSet<PieceId>>>);
+
+impl CancelSet {
+    pub(crate) fn insert(&self, piece: PieceId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(piece);
+    }
+
+    fn take(&self, piece: PieceId) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&piece)
+    }
+}
+
+/// Limits applied to a worker serving neighbours.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WorkerLimits {
+    /// Paces the bytes sent.
+    pub(crate) rate: Option<Arc<RateLimiter>>,
+    /// One permit per piece being fetched.
+    pub(crate) pieces: Option<Arc<Semaphore>>,
+}
+
+/// What an origin failure means for the piece.
+pub(crate) fn piece_error_kind(e: &FetchError) -> PieceErrorKind {
+    match e.class() {
+        FetchErrorClass::ResourceChanged => PieceErrorKind::ResourceChanged,
+        FetchErrorClass::Refused => PieceErrorKind::Refused,
+        FetchErrorClass::Transient if matches!(e, FetchError::Timeout(_)) => {
+            PieceErrorKind::Timeout
+        }
+        FetchErrorClass::Transient
+        | FetchErrorClass::Protocol
+        | FetchErrorClass::RangesUnsupported => PieceErrorKind::Origin,
+    }
+}
+
+fn detail(e: &impl std::fmt::Display) -> String {
+    let mut s = e.to_string();
+    if s.len() > tandem_peer::message::MAX_DETAIL {
+        let mut cut = tandem_peer::message::MAX_DETAIL;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Runs until `jobs` is closed or `out` is dropped.
+pub(crate) async fn run_worker(
+    session: SessionKey,
+    mut fetcher: RangeFetcher,
+    mut jobs: mpsc::UnboundedReceiver<PieceJob>,
+    cancelled: CancelSet,
+    out: mpsc::Sender<Message>,
+    limits: WorkerLimits,
+) {
+    while let Some(job) = jobs.recv().await {
+        let piece = job.piece;
+        let error = |kind, detail| Message::PieceError {
+            session,
+            piece,
+            kind,
+            detail,
+        };
+        if cancelled.take(piece) {
+            if out
+                .send(error(PieceErrorKind::Cancelled, String::new()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        let _permit = match &limits.pieces {
+            Some(sem) => match sem.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => return,
+            },
+            None => None,
+        };
+        let result = fetch_piece(session, &mut fetcher, &job, &cancelled, &out, &limits).await;
+        let msg = match result {
+            Ok(Outcome::Done) => Message::PieceEnd { session, piece },
+            Ok(Outcome::Cancelled) => error(PieceErrorKind::Cancelled, String::new()),
+            Ok(Outcome::Closed) => return,
+            Err(e) => {
+                tracing::debug!(%session, piece, error = %e, "piece fetch failed");
+                error(piece_error_kind(&e), detail(&e))
+            }
+        };
+        if out.send(msg).await.is_err() {
+            return;
+        }
+    }
+}
+
+enum Outcome {
+    Done,
+    Cancelled,
+    /// The receiver of the messages is gone.
+    Closed,
+}
+
+async fn fetch_piece(
+    session: SessionKey,
+    fetcher: &mut RangeFetcher,
+    job: &PieceJob,
+    cancelled: &CancelSet,
+    out: &mpsc::Sender<Message>,
+    limits: &WorkerLimits,
+) -> Result<Outcome, FetchError> {
+    let mut body = fetcher.fetch(job.range.clone()).await?;
+    while let Some((offset, chunk)) = body.next_chunk().await? {
+        let mut off = offset;
+        for part in chunk.chunks(MAX_CHUNK) {
+            if let Some(rate) = &limits.rate {
+                rate.acquire(part.len()).await;
+            }
+            let msg = Message::PieceData {
+                session,
+                piece: job.piece,
+                offset: off,
+                bytes: Bytes::copy_from_slice(part),
+            };
+            if out.send(msg).await.is_err() {
+                return Ok(Outcome::Closed);
+            }
+            off += part.len() as u64;
+        }
+        if cancelled.take(job.piece) {
+            return Ok(Outcome::Cancelled);
+        }
+    }
+    Ok(Outcome::Done)
+}
