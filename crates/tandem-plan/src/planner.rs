@@ -532,8 +532,11 @@ impl Planner {
 
     /// The actual cut the splice engine achieved (may be later, or earlier,
     /// than requested). Bytes below it come from the original flow; live
-    /// pieces wholly below it are cancelled.
-    pub fn set_cut(&mut self, actual: u64, _now: Duration) -> Result<(), PlanError> {
+    /// pieces wholly below it are cancelled, and so are pieces it overtook
+    /// in part when re-fetching the overtaken bytes would take longer than a
+    /// new request's round trip (their tail goes back to the pool, first in
+    /// delivery order).
+    pub fn set_cut(&mut self, actual: u64, now: Duration) -> Result<(), PlanError> {
         let CutState::Pending { planned } = self.cut else {
             return Err(PlanError::NoCutPending);
         };
@@ -551,6 +554,36 @@ impl Planner {
             self.orphan(actual..planned);
         }
         self.filled.insert(self.body.start..actual);
+        // Pieces the cut overtook in part: cancel them and let their tail be
+        // requested afresh when fetching the overtaken bytes again would take
+        // longer than a new request's round trip.
+        let overtaken: Vec<PieceId> = self
+            .pieces
+            .iter()
+            .filter(|(_, p)| {
+                let un = p.unreceived();
+                un.start < actual
+                    && actual < un.end
+                    && self.sources.get(p.source.0 as usize).is_some_and(|s| {
+                        let rate = self.effective_rate(s, now);
+                        rate > 0.0 && (actual - un.start) as f64 / rate > s.spec.rtt.as_secs_f64()
+                    })
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overtaken {
+            if let Some(p) = self.pieces.get(&id) {
+                let (source, range) = (p.source, p.range.clone());
+                self.finish_piece(id);
+                self.stats.pieces_cancelled += 1;
+                self.orphan(actual..range.end);
+                self.events.push_back(PlanEvent::Cancel {
+                    piece: id,
+                    source,
+                    range,
+                });
+            }
+        }
         self.prop.chunks.retain_mut(|c| {
             c.range.start = c.range.start.max(actual);
             c.range.start < c.range.end

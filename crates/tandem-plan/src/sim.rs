@@ -136,6 +136,12 @@ pub struct Scenario {
     /// Simulate neighbours that have neighbours of their own as relays
     /// running their own planner per piece, instead of aggregating them.
     pub nested: bool,
+    /// Bytes the splice engine overshoots the requested cut by (the actual
+    /// cut is later than asked), on top of the bytes in flight.
+    pub cut_overshoot: u64,
+    /// Time from the cut request to the engine reporting the actual cut
+    /// (peers may fetch from the requested cut meanwhile).
+    pub cut_delay: Duration,
 }
 
 impl Scenario {
@@ -152,6 +158,8 @@ impl Scenario {
             report_chunk: 64 << 10,
             original_flow: true,
             nested: false,
+            cut_overshoot: 0,
+            cut_delay: Duration::ZERO,
         }
     }
 
@@ -764,15 +772,15 @@ pub fn run_download(
     result.cut_requested = requested;
     let in_flight = (a_rate * wan_rtt.as_secs_f64()) as u64;
     let actual = match requested {
-        Some(c) => c.max(in_flight).min(sc.size),
+        Some(c) => (c + sc.cut_overshoot).max(in_flight).min(sc.size),
         None if sc.original_flow => sc.size,
         // A neighbour serving a delegated range: no original flow.
         None => 0,
     };
+    // The engine reports the actual cut `cut_delay` later; peers may
+    // already be fetching from the requested cut meanwhile.
+    let mut cut_pending = requested.is_some();
     if requested.is_some() {
-        if planner.set_cut(actual, t0).is_err() {
-            return result;
-        }
         result.cut_actual = Some(actual);
     }
     let orig_end_time = secs(actual as f64 / a_rate);
@@ -787,6 +795,7 @@ pub fn run_download(
     };
     let mut marks: Vec<Duration> = sc.change_times();
     marks.push(orig_end_time);
+    marks.push(sc.cut_delay);
     marks.sort();
 
     let mut received = RangeSet::new();
@@ -794,6 +803,12 @@ pub fn run_download(
     let mut t = t0;
     loop {
         result.steps += 1;
+        if cut_pending && t >= sc.cut_delay {
+            cut_pending = false;
+            if planner.set_cut(actual, t).is_err() {
+                return result;
+            }
+        }
         // 1. Hand out work and apply cancellations.
         for (i, s) in srcs.iter_mut().enumerate() {
             while let Some(a) = planner.next_assignment(s.id(), t) {
@@ -1233,6 +1248,10 @@ pub fn standard_scenarios(size: u64) -> Vec<Scenario> {
         size,
         vec![drop],
     ));
+    let mut late = Scenario::new("2 routers, cut 1 MiB late, 10 ms", size, vec![nb(20.0)]);
+    late.cut_overshoot = 1 << 20;
+    late.cut_delay = Duration::from_millis(10);
+    v.push(late);
     let mut dies = nb(20.0);
     dies.dies_at = Some(0.5);
     v.push(Scenario::new(

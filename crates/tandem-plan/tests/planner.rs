@@ -576,3 +576,44 @@ fn losing_every_source_is_reported_once() {
     p.source_gone(local, ms(3)).unwrap();
     assert!(events(&mut p).is_empty());
 }
+
+#[test]
+fn a_cut_that_overtakes_part_of_a_piece_requests_the_tail_afresh() {
+    let mut p = Planner::new(0..32 * MIB, PlannerConfig::default()).unwrap();
+    p.add_source(SourceSpec::original_flow(mbit(20.0), ms(20)), ms(0))
+        .unwrap();
+    let b = p
+        .add_source(SourceSpec::peer(mbit(20.0), mbit(54.0), ms(24)), ms(0))
+        .unwrap();
+    p.requested_cut(ms(0)).unwrap();
+    let first = p.next_assignment(b, ms(0)).unwrap();
+    let second = p.next_assignment(b, ms(0)).unwrap();
+    // 2.5 MB/s x 24 ms = 60 kB: overtaking 100 kB of the second piece is
+    // worth a new request; overtaking 10 kB would not be.
+    let actual = second.range.start + 100_000;
+    p.set_cut(actual, ms(10)).unwrap();
+    let ev = events(&mut p);
+    for a in [&first, &second] {
+        assert!(
+            ev.iter()
+                .any(|e| matches!(e, PlanEvent::Cancel { piece, .. } if *piece == a.piece)),
+            "{ev:?}"
+        );
+    }
+    let again = p.next_assignment(b, ms(10)).unwrap();
+    assert_eq!(again.range.start, actual);
+
+    let mut q = Planner::new(0..32 * MIB, PlannerConfig::default()).unwrap();
+    q.add_source(SourceSpec::original_flow(mbit(20.0), ms(20)), ms(0))
+        .unwrap();
+    let b = q
+        .add_source(SourceSpec::peer(mbit(20.0), mbit(54.0), ms(24)), ms(0))
+        .unwrap();
+    q.requested_cut(ms(0)).unwrap();
+    let first = q.next_assignment(b, ms(0)).unwrap();
+    q.set_cut(first.range.start + 10_000, ms(10)).unwrap();
+    assert!(
+        events(&mut q).is_empty(),
+        "a small overlap is fetched again, not re-requested"
+    );
+}

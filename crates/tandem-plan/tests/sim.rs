@@ -218,3 +218,28 @@ fn nested_two_hop_relay_runs_its_own_planner_and_helps() {
     assert!(r.efficiency() > 0.85, "{}", r.efficiency());
     assert!(r.peak_buffer <= cfg.window);
 }
+
+#[test]
+fn a_late_actual_cut_wastes_at_most_the_overlapped_pieces() {
+    let sc = standard_scenarios(32 * MIB)
+        .into_iter()
+        .find(|s| s.cut_overshoot > 0)
+        .unwrap();
+    let r = run_download(
+        &sc,
+        Policy::Dynamic,
+        AdvertRule::CappedSum,
+        &PlannerConfig::default(),
+    );
+    assert!(r.completion.is_some());
+    let cut = r.cut_actual.unwrap();
+    assert!(cut >= r.cut_requested.unwrap() + sc.cut_overshoot);
+    // Pieces wholly below the actual cut were cancelled; the partially
+    // covered ones fetched at most their own length again.
+    assert!(
+        r.stats.redundant_bytes <= 2 * PlannerConfig::default().max_piece,
+        "{:?}",
+        r.stats
+    );
+    assert!(r.efficiency() > 0.95, "{}", r.efficiency());
+}
