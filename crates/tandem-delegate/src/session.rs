@@ -159,6 +159,9 @@ pub struct SessionStats {
     pub duplicate_bytes: u64,
     /// Whether the neighbours were skipped because of credentials.
     pub credentials_not_delegated: bool,
+    /// Sources the planner declared stalled (their pieces were cancelled
+    /// and reassigned).
+    pub stalls: u64,
 }
 
 enum SessionEvent {
@@ -592,6 +595,7 @@ impl SessionTask {
                     PlanEvent::SourceStalled { source } => {
                         let name = self.source_name(source);
                         tracing::info!(session = %self.key, source = %name, "source stalled");
+                        lock(&self.stats).stalls += 1;
                     }
                     PlanEvent::Complete => self.complete = true,
                     // Emitted once; neighbours still negotiating may yet

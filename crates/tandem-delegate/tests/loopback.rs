@@ -663,3 +663,139 @@ async fn garbage_from_a_neighbour_does_not_disturb_sessions() {
     assert!(buf == data);
     assert!(s.stats().sources[1].bytes > 0);
 }
+
+/// How a scripted neighbour answers piece requests.
+#[derive(Clone, Copy, Debug)]
+enum Script {
+    /// Commits, then never sends a byte (but keeps the connection alive and
+    /// answers PieceCancel as the protocol requires).
+    Stall,
+    /// Answers every piece with PieceError{Origin}.
+    FailPieces,
+    /// Answers the first piece with PieceError{ResourceChanged}.
+    ResourceChanged,
+}
+
+/// A neighbour played by the test itself over the real peer protocol.
+/// Returns its address and a counter of PieceCancel messages it received.
+async fn scripted_neighbour(
+    keys: KeyPair,
+    accept: &KeyPair,
+    script: Script,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut peers = tandem_peer::PeerSet::new();
+    peers.insert(accept.public(), "A");
+    let peers = std::sync::Arc::new(peers);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cancels = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = cancels.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (keys, peers, counter) = (keys.clone(), peers.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut conn = PeerConnection::accept(
+                    stream,
+                    &keys,
+                    peers,
+                    Hello::new("scripted", 0),
+                    PeerConfig::default(),
+                )
+                .await
+                .unwrap();
+                while let Ok(m) = conn.recv().await {
+                    let reply = match (m, script) {
+                        (Message::Negotiate(n), _) => Some(Message::Commit {
+                            session: n.session,
+                            rate_bps: 80_000_000,
+                        }),
+                        (Message::PieceCancel { session, piece }, _) => {
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            Some(Message::PieceError {
+                                session,
+                                piece,
+                                kind: tandem_peer::PieceErrorKind::Cancelled,
+                                detail: String::new(),
+                            })
+                        }
+                        (Message::PieceRequest { .. }, Script::Stall) => None,
+                        (Message::PieceRequest { session, piece, .. }, Script::FailPieces) => {
+                            Some(Message::PieceError {
+                                session,
+                                piece,
+                                kind: tandem_peer::PieceErrorKind::Origin,
+                                detail: "scripted failure".into(),
+                            })
+                        }
+                        (Message::PieceRequest { session, piece, .. }, Script::ResourceChanged) => {
+                            Some(Message::PieceError {
+                                session,
+                                piece,
+                                kind: tandem_peer::PieceErrorKind::ResourceChanged,
+                                detail: "scripted change".into(),
+                            })
+                        }
+                        _ => None,
+                    };
+                    if let Some(r) = reply {
+                        if conn.send(&r).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, cancels)
+}
+
+async fn run_with_scripted(
+    script: Script,
+    data: &[u8],
+) -> (Session, Result<(), SessionError>, Vec<u8>, u64) {
+    let len = data.len();
+    let origin = start_origin(data.to_vec(), Some(2_000_000)).await;
+    let (ka, kb) = (key(1), key(2));
+    let (addr, cancels) = scripted_neighbour(kb.clone(), &ka, script).await;
+    let a = router_a(ka, &[("S", kb.public(), addr)]);
+    let mut cfg = session_config(origin.addr, true);
+    cfg.planner.stall_timeout = Duration::from_millis(300);
+    let mut s = open(&a, origin.addr, len as u64, "", cfg).await;
+    let (buf, _, result) = collect(&mut s, len, |_| {}).await;
+    let n = cancels.load(std::sync::atomic::Ordering::SeqCst);
+    (s, result, buf, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_peer_pieces_are_reassigned() {
+    let data = content(1 << 20, 11);
+    let (s, result, buf, cancels) = run_with_scripted(Script::Stall, &data).await;
+    result.unwrap();
+    assert!(buf == data);
+    let stats = s.stats();
+    assert!(stats.sources[1].committed);
+    assert_eq!(stats.sources[1].bytes, 0);
+    assert!(stats.stalls >= 1, "{stats:?}");
+    assert!(cancels >= 1, "the stalled peer was told to stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_peer_pieces_are_reassigned() {
+    let data = content(1 << 20, 12);
+    let (s, result, buf, _) = run_with_scripted(Script::FailPieces, &data).await;
+    result.unwrap();
+    assert!(buf == data);
+    assert_eq!(s.stats().sources[1].bytes, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_changed_from_a_peer_aborts_the_session() {
+    let data = content(1 << 20, 13);
+    let (_s, result, _, _) = run_with_scripted(Script::ResourceChanged, &data).await;
+    assert_eq!(
+        result,
+        Err(SessionError::ResourceChanged { by: "S".into() })
+    );
+}
