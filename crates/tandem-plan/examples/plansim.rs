@@ -91,6 +91,25 @@ fn main() {
             extra
         );
     }
+    // Cost of planning: wall-clock time of whole simulated downloads
+    // (planner + simulator), so an upper bound of the planner's CPU cost.
+    println!();
+    for sc in standard_scenarios(size)
+        .into_iter()
+        .filter(|s| s.name.starts_with("2 routers 20") || s.name.starts_with("8 routers"))
+    {
+        let started = std::time::Instant::now();
+        let r = run_download(&sc, Policy::Dynamic, AdvertRule::CappedSum, &config);
+        let took = started.elapsed();
+        println!(
+            "# cost, {}: {} events, {} pieces, {:.1} ms wall, {:.2} us per event (planner + simulator)",
+            sc.name,
+            r.steps,
+            r.stats.pieces_assigned,
+            took.as_secs_f64() * 1e3,
+            took.as_secs_f64() * 1e6 / r.steps.max(1) as f64
+        );
+    }
     println!();
     println!(
         "# Neighbour side: one delegated range planned by B with its own uplink and two neighbours (no original flow)."

@@ -22,6 +22,46 @@ pub enum AdvertRule {
     CappedSum,
 }
 
+impl AdvertRule {
+    /// The configuration spelling: `capped-sum` or `average`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdvertRule::Average => "average",
+            AdvertRule::CappedSum => "capped-sum",
+        }
+    }
+}
+
+impl std::fmt::Display for AdvertRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown spelling of a setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown value {value:?} (expected one of: {expected})")]
+pub struct UnknownSetting {
+    /// What was given.
+    pub value: String,
+    /// What is accepted.
+    pub expected: &'static str,
+}
+
+impl std::str::FromStr for AdvertRule {
+    type Err = UnknownSetting;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "average" => Ok(AdvertRule::Average),
+            "capped-sum" => Ok(AdvertRule::CappedSum),
+            _ => Err(UnknownSetting {
+                value: s.chars().take(64).collect(),
+                expected: "capped-sum, average",
+            }),
+        }
+    }
+}
+
 /// One neighbour's contribution as seen by the advertising router.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NeighbourRate {
@@ -170,6 +210,15 @@ mod tests {
             mbit(14.0)
         ));
         assert_eq!(b.size(), 3);
+    }
+
+    #[test]
+    fn settings_round_trip() {
+        for r in [AdvertRule::Average, AdvertRule::CappedSum] {
+            assert_eq!(r.to_string().parse::<AdvertRule>(), Ok(r));
+        }
+        assert!("sum".parse::<AdvertRule>().is_err());
+        assert_eq!(AdvertRule::default(), AdvertRule::CappedSum);
     }
 
     #[test]

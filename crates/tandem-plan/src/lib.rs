@@ -121,7 +121,7 @@ mod rate;
 mod session;
 pub mod sim;
 
-pub use advert::{AdvertRule, AdvertTree, NeighbourRate, advertise};
+pub use advert::{AdvertRule, AdvertTree, NeighbourRate, UnknownSetting, advertise};
 pub use planner::{
     Assignment, PieceId, PlanError, PlanEvent, PlanStats, Planner, PlannerConfig, Policy, SourceId,
     SourceKind, SourceSpec,

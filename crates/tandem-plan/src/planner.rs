@@ -37,6 +37,36 @@ pub enum Policy {
     Dynamic,
 }
 
+impl Policy {
+    /// The configuration spelling: `dynamic` or `proportional`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Proportional => "proportional",
+            Policy::Dynamic => "dynamic",
+        }
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = crate::advert::UnknownSetting;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "dynamic" => Ok(Policy::Dynamic),
+            "proportional" => Ok(Policy::Proportional),
+            _ => Err(crate::advert::UnknownSetting {
+                value: s.chars().take(64).collect(),
+                expected: "dynamic, proportional",
+            }),
+        }
+    }
+}
+
 /// Planner settings. `Default` gives the values the simulations were run with.
 #[derive(Debug, Clone)]
 pub struct PlannerConfig {

@@ -617,3 +617,12 @@ fn a_cut_that_overtakes_part_of_a_piece_requests_the_tail_afresh() {
         "a small overlap is fetched again, not re-requested"
     );
 }
+
+#[test]
+fn policy_setting_spellings() {
+    assert_eq!("dynamic".parse::<Policy>(), Ok(Policy::Dynamic));
+    assert_eq!("proportional".parse::<Policy>(), Ok(Policy::Proportional));
+    assert_eq!(Policy::default(), Policy::Dynamic);
+    assert_eq!(Policy::Proportional.to_string(), "proportional");
+    assert!("fast".parse::<Policy>().is_err());
+}
