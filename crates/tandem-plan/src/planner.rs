@@ -871,10 +871,15 @@ impl Planner {
             .unwrap_or_default()
     }
 
-    /// Bytes received ahead of the delivery cursor (what the caller buffers,
-    /// counting overlapping copies once).
+    /// Piece bytes received ahead of the delivery cursor (what the caller
+    /// buffers, counting overlapping copies once; bytes below the cut are
+    /// the original flow's and are not counted).
     pub fn buffered(&self) -> u64 {
-        self.filled.covered_in(&(self.cursor..self.body.end))
+        let from = match self.cut {
+            CutState::Set(c) => self.cursor.max(c),
+            _ => self.cursor,
+        };
+        self.filled.covered_in(&(from..self.body.end))
     }
 
     /// Every source id, in the order they were added.
