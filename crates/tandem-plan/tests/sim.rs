@@ -243,3 +243,55 @@ fn a_late_actual_cut_wastes_at_most_the_overlapped_pieces() {
     );
     assert!(r.efficiency() > 0.95, "{}", r.efficiency());
 }
+
+mod random_scenarios {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn neighbour() -> impl Strategy<Value = Neighbour> {
+        (
+            1.0f64..100.0,
+            2.0f64..100.0,
+            1u64..20,
+            prop::option::weighted(0.2, (0.05f64..0.9, 0.05f64..4.0)),
+            prop::option::weighted(0.2, 0.0f64..0.9),
+        )
+            .prop_map(|(up, link, ow, change, dies)| {
+                let mut n = Neighbour::new(up, link);
+                n.link_one_way = Duration::from_millis(ow);
+                n.rate_change = change;
+                n.dies_at = dies;
+                n
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Liveness and the memory bound: whatever the rates, latencies,
+        /// slowdowns and deaths (A itself never dies), every download
+        /// completes and never buffers more than the window.
+        #[test]
+        fn every_random_download_completes_within_its_window(
+            neighbours in prop::collection::vec(neighbour(), 0..5),
+            a_up in 1.0f64..60.0,
+            size in (1u64 << 20)..(12u64 << 20),
+            window_kib in 256u64..8192,
+            wan_ms in 1u64..60,
+            cut_overshoot in 0u64..(1 << 20),
+            cut_delay_ms in 0u64..30,
+            proportional in any::<bool>(),
+        ) {
+            let mut sc = Scenario::new("random", size, neighbours);
+            sc.a_uplink = tandem_plan::Rate::from_mbit(a_up);
+            sc.wan_one_way = Duration::from_millis(wan_ms);
+            sc.cut_overshoot = cut_overshoot;
+            sc.cut_delay = Duration::from_millis(cut_delay_ms);
+            let cfg = PlannerConfig { window: window_kib << 10, ..PlannerConfig::default() };
+            let policy = if proportional { Policy::Proportional } else { Policy::Dynamic };
+            let r = run_download(&sc, policy, AdvertRule::CappedSum, &cfg);
+            prop_assert!(r.completion.is_some(), "did not complete: {:?}", r);
+            prop_assert!(r.peak_buffer <= cfg.window, "peak {} > window {}", r.peak_buffer, cfg.window);
+        }
+    }
+}
