@@ -1248,6 +1248,13 @@ pub fn standard_scenarios(size: u64) -> Vec<Scenario> {
         size,
         vec![drop],
     ));
+    let mut liar = Neighbour::new(50.0, 54.0);
+    liar.rate_change = Some((0.0, 0.2));
+    v.push(Scenario::new(
+        "B advertises 50, delivers 10",
+        size,
+        vec![liar],
+    ));
     let mut late = Scenario::new("2 routers, cut 1 MiB late, 10 ms", size, vec![nb(20.0)]);
     late.cut_overshoot = 1 << 20;
     late.cut_delay = Duration::from_millis(10);
