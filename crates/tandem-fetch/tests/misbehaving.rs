@@ -15,7 +15,16 @@ use tandem_http::ContentRange;
 const ETAG: &str = "\"v1\"";
 const LEN: usize = 10_000;
 
+/// A fetcher with the default (10 s) idle timeout: tests that do not
+/// expect a timeout never depend on the machine's speed.
 fn fetcher(addr: std::net::SocketAddr) -> RangeFetcher {
+    RangeFetcher::new(resource_for(addr, LEN as u64, ETAG), loopback_config(addr)).unwrap()
+}
+
+/// A fetcher that gives up after 300 ms without a byte, for the stall
+/// tests (the servers there never send again, so the outcome does not
+/// depend on timing).
+fn impatient_fetcher(addr: std::net::SocketAddr) -> RangeFetcher {
     let mut cfg = loopback_config(addr);
     cfg.idle_timeout = Duration::from_millis(300);
     RangeFetcher::new(resource_for(addr, LEN as u64, ETAG), cfg).unwrap()
@@ -247,7 +256,7 @@ async fn short_body_when_origin_closes_early() {
 #[tokio::test]
 async fn timeout_waiting_for_head() {
     let srv = hand_rolled(|_, _, _| (Vec::new(), Then::Stall)).await;
-    let e = fetcher(srv.addr).fetch(0..10).await.unwrap_err();
+    let e = impatient_fetcher(srv.addr).fetch(0..10).await.unwrap_err();
     assert!(matches!(e, FetchError::Timeout(Phase::Head)), "{e}");
     assert_eq!(e.class(), FetchErrorClass::Transient);
 }
@@ -261,7 +270,7 @@ async fn timeout_in_the_middle_of_the_body() {
         (r, Then::Stall)
     })
     .await;
-    let mut f = fetcher(srv.addr);
+    let mut f = impatient_fetcher(srv.addr);
     let mut body = f.fetch(0..1000).await.unwrap();
     let e = loop {
         match body.next_chunk().await {
@@ -320,10 +329,10 @@ async fn oversized_head() {
     h.resize(20_000, b'a');
     h.extend_from_slice(b"\r\n\r\n");
     let srv = hand_rolled(move |_, _, _| (h.clone(), Then::Stall)).await;
-    let e = fetcher(srv.addr).fetch(0..10).await.unwrap_err();
+    let e = impatient_fetcher(srv.addr).fetch(0..10).await.unwrap_err();
     assert!(matches!(e, FetchError::HeadTooLarge), "{e}");
     let srv = hand_rolled(|_, _, _| (b"HTTP/9 what\r\n\r\n".to_vec(), Then::Stall)).await;
-    let e = fetcher(srv.addr).fetch(0..10).await.unwrap_err();
+    let e = impatient_fetcher(srv.addr).fetch(0..10).await.unwrap_err();
     assert!(matches!(e, FetchError::BadHead(_)), "{e}");
     let mut many = b"HTTP/1.1 206 P\r\n".to_vec();
     for i in 0..200 {
@@ -331,7 +340,7 @@ async fn oversized_head() {
     }
     many.extend_from_slice(b"\r\n");
     let srv = hand_rolled(move |_, _, _| (many.clone(), Then::Stall)).await;
-    let e = fetcher(srv.addr).fetch(0..10).await.unwrap_err();
+    let e = impatient_fetcher(srv.addr).fetch(0..10).await.unwrap_err();
     assert!(matches!(e, FetchError::BadHead(_)), "{e}");
     assert_eq!(e.class(), FetchErrorClass::Protocol);
 }

@@ -94,7 +94,7 @@ http {{
         prefix,
         addr,
     };
-    for _ in 0..100 {
+    for _ in 0..400 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return Some(nginx);
         }
