@@ -76,6 +76,15 @@
 //! # Ok::<(), tandem_plan::PlanError>(())
 //! ```
 //!
+//! **On a neighbour** (delegation runtime): one planner per piece requested
+//! by the upstream router, over exactly that range, with no original flow
+//! (so no cut: [`Planner::cut`] is the range start) and the neighbour's own
+//! fetcher and committed peers as sources; `on_delivered` is what has been
+//! forwarded upstream. Start the next requested piece's planner, with the
+//! same sources, as soon as the current one's [`Planner::unassigned_bytes`]
+//! is 0, so the sources never idle between pieces (docs/planner.md, the
+//! nested simulation).
+//!
 //! Guarantees: an assignment's range ends at most `window` bytes past the
 //! delivery cursor at the time it is made, so the caller's reorder buffer
 //! never holds more than `window` bytes (counting overlapping duplicate
