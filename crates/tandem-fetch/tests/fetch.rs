@@ -374,3 +374,25 @@ async fn last_modified_validator_and_its_change() {
     assert!(e.is_resource_changed(), "{e}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+#[tokio::test]
+async fn ipv6_loopback_origin() {
+    let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        println!("SKIP: no IPv6 loopback here");
+        return;
+    };
+    let addr = listener.local_addr().unwrap();
+    let content = data(200_000, 18);
+    let files = OriginFiles::memory();
+    files.insert("/v6.bin", content.clone());
+    tokio::spawn(tandem_fetch::serve_origin(listener, files));
+    let res = learn_resource(addr, "/v6.bin").await;
+    let mut f = RangeFetcher::new(res, loopback_config(addr)).unwrap();
+    let got = reassemble(
+        &mut f,
+        &pieces(200_000, 30_000, 19),
+        tandem_fetch::DEFAULT_CHUNK_SIZE,
+    )
+    .await;
+    assert!(got == content);
+}

@@ -357,3 +357,51 @@ async fn interim_100_is_skipped() {
     let mut f = fetcher(srv.addr);
     assert_eq!(f.fetch_with(0..10, |_, _| {}).await.unwrap(), 10);
 }
+
+#[tokio::test]
+async fn response_dribbled_in_tiny_segments() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = data(LEN, 31);
+    let b = body.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let sizes = data(100_000, 32);
+        let mut k = 0;
+        for (first, last) in [(0u64, 999u64), (1000, 2999)] {
+            // Read one request head.
+            let mut req = Vec::new();
+            while !req.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if s.read(&mut byte).await.unwrap() == 0 {
+                    return;
+                }
+                req.push(byte[0]);
+            }
+            let reply = good_206(&b, first, last, ETAG);
+            let mut at = 0;
+            while at < reply.len() {
+                let n = (usize::from(sizes[k % sizes.len()]) % 7 + 1).min(reply.len() - at);
+                k += 1;
+                s.write_all(&reply[at..at + n]).await.unwrap();
+                s.flush().await.unwrap();
+                at += n;
+                if k % 16 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    });
+    let mut f = fetcher(addr);
+    let mut got = Vec::new();
+    f.fetch_with(0..1000, |_, c| got.extend_from_slice(c))
+        .await
+        .unwrap();
+    f.fetch_with(1000..3000, |_, c| got.extend_from_slice(c))
+        .await
+        .unwrap();
+    assert_eq!(got, &body[..3000]);
+    assert_eq!(f.stats().connections, 1);
+}
