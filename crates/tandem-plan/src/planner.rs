@@ -930,7 +930,7 @@ impl Planner {
             .filter(|s| s.spec.kind == SourceKind::Peer && s.state == SourceState::Active)
             .map(|s| s.spec.rtt)
             .min()?;
-        let lead_time = min_peer_rtt + self.config.cut_margin;
+        let lead_time = min_peer_rtt.saturating_add(self.config.cut_margin);
         let lead = orig
             .est
             .estimate()

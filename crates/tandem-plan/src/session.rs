@@ -249,7 +249,7 @@ impl<P: Clone + Eq> SessionTable<P> {
     pub fn poll_timeout(&self) -> Option<Duration> {
         self.entries
             .values()
-            .map(|e| e.last_active + self.limits.idle_timeout)
+            .map(|e| e.last_active.saturating_add(self.limits.idle_timeout))
             .min()
     }
 
@@ -463,6 +463,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn extreme_times_do_not_panic() {
+        let mut t: SessionTable<u32> = SessionTable::new(SessionLimits {
+            capacity: 0,
+            idle_timeout: Duration::MAX,
+            max_sub_delegates: 0,
+        });
+        assert_eq!(
+            t.try_commit(key(1), None, Duration::MAX),
+            Err(SessionError::Full(0))
+        );
+        let mut t: SessionTable<u32> = SessionTable::new(SessionLimits::default());
+        t.try_commit(key(1), None, Duration::MAX).unwrap();
+        assert_eq!(t.poll_timeout(), Some(Duration::MAX));
+        assert!(t.expire(Duration::MAX).is_empty());
+        assert!(
+            t.touch(&key(1), Duration::ZERO).is_ok(),
+            "time going back is tolerated"
+        );
     }
 
     #[test]

@@ -626,3 +626,40 @@ fn policy_setting_spellings() {
     assert_eq!(Policy::Proportional.to_string(), "proportional");
     assert!("fast".parse::<Policy>().is_err());
 }
+
+#[test]
+fn extreme_inputs_do_not_panic() {
+    let cfg = PlannerConfig {
+        window: 0,
+        target_piece_time: Duration::ZERO,
+        min_piece: 0,
+        max_piece: 0,
+        pipeline_depth: 0,
+        rate_time_constant: Duration::ZERO,
+        rate_sample_interval: Duration::ZERO,
+        ..PlannerConfig::default()
+    };
+    let mut p = Planner::new(0..u64::MAX, cfg).unwrap();
+    p.add_source(
+        SourceSpec::original_flow(Rate::from_bytes_per_sec(f64::MAX), Duration::MAX),
+        ms(0),
+    )
+    .unwrap();
+    let b = p
+        .add_source(
+            SourceSpec::peer(Rate::from_bytes_per_sec(1e300), Rate::ZERO, Duration::MAX),
+            ms(0),
+        )
+        .unwrap();
+    let now = Duration::MAX - ms(1);
+    p.on_delivered(u64::MAX, now);
+    let _ = p.requested_cut(now);
+    let _ = p.next_assignment(b, now);
+    let _ = p.poll_timeout();
+    p.handle_timeout(Duration::MAX);
+    if let Some(a) = p.next_assignment(b, Duration::MAX) {
+        assert!(p.on_piece_data(a.piece, u64::MAX, Duration::MAX).is_err());
+    }
+    let _ = p.source_gone(b, Duration::MAX);
+    while p.poll_event().is_some() {}
+}
