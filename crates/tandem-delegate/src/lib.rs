@@ -20,16 +20,24 @@
 //!   `tandem_plan::Planner` over A's own fetcher and the committed
 //!   neighbours; dead, stalled or failing sources get their pieces
 //!   reassigned; `ResourceChanged` from any source aborts the session.
+//! - **Sub-delegation** (relay): a neighbour that commits to a session with
+//!   `hop_budget > 0` negotiates the same key with its own neighbours
+//!   (never the requester; budget minus one) and serves each requested
+//!   piece either itself or through one committed sub-delegate, forwarding
+//!   the piece messages unchanged. Session tables refuse a key a router
+//!   already holds, so overlapping neighbourhoods commit once per router.
 //!
 //! Calling contract: everything runs on a tokio runtime; the sans-IO parts
 //! (planner, session table, peer protocol core) are driven here with
 //! `tokio::time::Instant` as the clock. See [`Session`] for how the daemon
-//! consumes a download. Not done yet: sub-delegation (the hop budget is
-//! carried but a node never delegates further), pooled peer connections
-//! (one connection per session and neighbour).
+//! consumes a download. Not done yet: splitting one piece over several
+//! sub-delegates (a relay gives each piece to one source), pooled peer
+//! connections (one connection per session and neighbour), aggregated
+//! rate advertisement of a relay's sub-tree.
 
 mod limit;
 mod node;
+mod relay;
 mod session;
 mod worker;
 

@@ -10,7 +10,7 @@ use tandem_fetch::{FetchConfig, RangeFetcher, Resource, TargetPolicy};
 use tandem_http::{Headers, RequestHead};
 use tandem_peer::{
     Config as PeerConfig, Hello, KeyPair, Message, Negotiate, PeerConnection, PeerError, PeerSet,
-    PublicKey, RefuseReason, SessionKey,
+    PublicKey, RefuseReason, SessionKey, features,
 };
 use tandem_plan::{SessionError as TableError, SessionLimits, SessionTable};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::limit::RateLimiter;
+use crate::relay::{RelayCmd, spawn_relay, sub_neighbours};
 use crate::worker::{CancelSet, PieceJob, WorkerLimits, run_worker};
 
 /// A neighbour router.
@@ -202,8 +203,14 @@ impl Node {
     }
 
     pub(crate) fn hello(&self) -> Hello {
-        // No SUB_DELEGATION bit: this node serves pieces itself only.
-        Hello::new(self.inner.config.name.clone(), 0)
+        let relays = self
+            .inner
+            .config
+            .neighbours
+            .iter()
+            .any(|n| n.addr.is_some());
+        let bits = if relays { features::SUB_DELEGATION } else { 0 };
+        Hello::new(self.inner.config.name.clone(), bits)
     }
 
     /// The rate this router offers a neighbour for one session (bits/s);
@@ -385,11 +392,21 @@ fn resource_of(n: &Negotiate) -> Option<Resource> {
     })
 }
 
+/// How a served session's pieces are fetched.
+enum Route {
+    /// By our own fetcher.
+    Direct {
+        jobs: mpsc::UnboundedSender<PieceJob>,
+        cancelled: CancelSet,
+    },
+    /// By our fetcher and sub-delegates (see `relay`).
+    Relay(mpsc::UnboundedSender<RelayCmd>),
+}
+
 /// One session served on one connection.
 struct ServedSession {
-    jobs: mpsc::UnboundedSender<PieceJob>,
-    cancelled: CancelSet,
-    worker: tokio::task::JoinHandle<()>,
+    route: Route,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// The sessions a connection serves.
@@ -409,24 +426,42 @@ impl Served {
                 match self.node.negotiate(&n, self.peer) {
                     Ok((fetcher, rate_bps)) => {
                         lock(&self.node.inner.stats).commits += 1;
-                        let (jobs, jobs_rx) = mpsc::unbounded_channel();
-                        let cancelled = CancelSet::default();
-                        let worker = tokio::spawn(run_worker(
-                            session,
-                            fetcher,
-                            jobs_rx,
-                            cancelled.clone(),
-                            out.clone(),
-                            self.node.inner.limits.clone(),
-                        ));
-                        self.sessions.insert(
-                            session,
+                        let subs = if n.hop_budget > 0 {
+                            sub_neighbours(&self.node, &self.peer)
+                        } else {
+                            Vec::new()
+                        };
+                        let limits = self.node.inner.limits.clone();
+                        let served = if subs.is_empty() {
+                            let (jobs, jobs_rx) = mpsc::unbounded_channel();
+                            let cancelled = CancelSet::default();
+                            let task = tokio::spawn(run_worker(
+                                session,
+                                fetcher,
+                                jobs_rx,
+                                cancelled.clone(),
+                                out.clone(),
+                                limits,
+                            ));
                             ServedSession {
-                                jobs,
-                                cancelled,
-                                worker,
-                            },
-                        );
+                                route: Route::Direct { jobs, cancelled },
+                                task,
+                            }
+                        } else {
+                            let (cmds, task) = spawn_relay(
+                                self.node.clone(),
+                                &n,
+                                subs,
+                                fetcher,
+                                out.clone(),
+                                limits,
+                            );
+                            ServedSession {
+                                route: Route::Relay(cmds),
+                                task,
+                            }
+                        };
+                        self.sessions.insert(session, served);
                         tracing::debug!(%session, "committed");
                         Some(Message::Commit { session, rate_bps })
                     }
@@ -449,7 +484,11 @@ impl Served {
                         piece,
                         range: range.start..range.end,
                     };
-                    if s.jobs.send(job).is_err() {
+                    let sent = match &s.route {
+                        Route::Direct { jobs, .. } => jobs.send(job).is_ok(),
+                        Route::Relay(cmds) => cmds.send(RelayCmd::Job(job)).is_ok(),
+                    };
+                    if !sent {
                         return Some(Message::PieceError {
                             session,
                             piece,
@@ -462,13 +501,18 @@ impl Served {
             }
             Message::PieceCancel { session, piece } => {
                 if let Some(s) = self.sessions.get(&session) {
-                    s.cancelled.insert(piece);
+                    match &s.route {
+                        Route::Direct { cancelled, .. } => cancelled.insert(piece),
+                        Route::Relay(cmds) => {
+                            let _ = cmds.send(RelayCmd::Cancel(piece));
+                        }
+                    }
                 }
                 None
             }
             Message::Cancel { session } => {
                 if let Some(s) = self.sessions.remove(&session) {
-                    s.worker.abort();
+                    s.task.abort();
                     self.node.release(&session);
                     tracing::debug!(%session, "cancelled by requester");
                 }
@@ -482,7 +526,7 @@ impl Served {
 
     fn release_all(&mut self) {
         for (key, s) in self.sessions.drain() {
-            s.worker.abort();
+            s.task.abort();
             self.node.release(&key);
         }
     }

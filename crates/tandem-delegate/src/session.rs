@@ -320,12 +320,14 @@ struct Slot {
     advertised: Option<u64>,
 }
 
-struct Inbound {
-    slot: usize,
-    ev: SourceEvent,
+/// An event from one neighbour's peer task.
+pub(crate) struct Inbound {
+    pub(crate) slot: usize,
+    pub(crate) ev: SourceEvent,
 }
 
-enum SourceEvent {
+/// What a peer task reports.
+pub(crate) enum SourceEvent {
     Committed { rate_bps: u64 },
     Refused(RefuseReason),
     Msg(Message),
@@ -854,21 +856,22 @@ async fn sleep_opt(deadline: Option<Instant>) {
     }
 }
 
-struct PeerTask {
-    node: Node,
-    session: SessionKey,
-    addr: SocketAddr,
-    neighbour: NeighbourConfig,
-    negotiate: Message,
-    slot: usize,
-    inbox: mpsc::Sender<Inbound>,
-    cmds: mpsc::UnboundedReceiver<Message>,
-    timeout: Duration,
+/// One neighbour of one session (used by sessions and by relays).
+pub(crate) struct PeerTask {
+    pub(crate) node: Node,
+    pub(crate) session: SessionKey,
+    pub(crate) addr: SocketAddr,
+    pub(crate) neighbour: NeighbourConfig,
+    pub(crate) negotiate: Message,
+    pub(crate) slot: usize,
+    pub(crate) inbox: mpsc::Sender<Inbound>,
+    pub(crate) cmds: mpsc::UnboundedReceiver<Message>,
+    pub(crate) timeout: Duration,
 }
 
 /// One neighbour of one session: connect, negotiate, then relay piece
 /// requests out and piece messages in. Closing `cmds` cancels.
-async fn peer_task(mut t: PeerTask) {
+pub(crate) async fn peer_task(mut t: PeerTask) {
     let slot = t.slot;
     let report = |ev| Inbound { slot, ev };
     let cfg = &t.node.inner.config;

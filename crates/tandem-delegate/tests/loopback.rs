@@ -799,3 +799,125 @@ async fn resource_changed_from_a_peer_aborts_the_session() {
         Err(SessionError::ResourceChanged { by: "S".into() })
     );
 }
+
+/// A router that accepts `accepts` and may delegate to `delegates`,
+/// serving on an already bound listener.
+fn relay_node(
+    name: &str,
+    keys: KeyPair,
+    accepts: &[&KeyPair],
+    delegates: &[(&str, tandem_peer::PublicKey, SocketAddr)],
+    serve: ServeConfig,
+    listener: TcpListener,
+) -> Node {
+    let mut neighbours: Vec<NeighbourConfig> = accepts
+        .iter()
+        .enumerate()
+        .map(|(i, k)| NeighbourConfig {
+            name: format!("in{i}"),
+            key: k.public(),
+            addr: None,
+            link_bps: 0,
+        })
+        .collect();
+    for (n, k, a) in delegates {
+        neighbours.retain(|x| x.key != *k);
+        neighbours.push(NeighbourConfig {
+            name: (*n).to_owned(),
+            key: *k,
+            addr: Some(*a),
+            link_bps: 0,
+        });
+    }
+    let mut cfg = NodeConfig::new(name, keys, neighbours);
+    cfg.serve = serve;
+    let node = Node::new(cfg);
+    let n = node.clone();
+    tokio::spawn(async move { n.serve(listener).await });
+    node
+}
+
+async fn bind() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chain_a_b_c_sub_delegates_through_b() {
+    let len = 3 << 20;
+    let data = content(len, 14);
+    let origin = start_origin(data.clone(), Some(1_000_000)).await;
+    let (ka, kb, kc) = (key(1), key(2), key(3));
+    let ((lb, b_addr), (lc, c_addr)) = (bind().await, bind().await);
+    // C only knows B; B accepts A and may delegate to C; A only knows B.
+    let c = relay_node("C", kc.clone(), &[&kb], &[], serve_config(origin.addr), lc);
+    let b = relay_node(
+        "B",
+        kb.clone(),
+        &[&ka],
+        &[("C", kc.public(), c_addr)],
+        serve_config(origin.addr),
+        lb,
+    );
+    let a = router_a(ka, &[("B", kb.public(), b_addr)]);
+    let mut cfg = session_config(origin.addr, true);
+    cfg.hop_budget = 1;
+    let mut s = open(&a, origin.addr, len as u64, "", cfg).await;
+    let (buf, _, result) = collect(&mut s, len, |_| {}).await;
+    result.unwrap();
+    assert!(buf == data, "reassembled body differs");
+    assert_eq!(b.stats().commits, 1);
+    assert_eq!(c.stats().commits, 1);
+    assert!(
+        c.stats().pieces_requested > 0,
+        "C served nothing: {:?}",
+        c.stats()
+    );
+    let k = s.key();
+    drop(s);
+    for node in [&a, &b, &c] {
+        eventually("release down the tree", || !node.is_committed(&k)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_neighbourhoods_commit_once_per_router() {
+    let len = 2 << 20;
+    let data = content(len, 15);
+    let origin = start_origin(data.clone(), Some(1_500_000)).await;
+    let (ka, kb, kc) = (key(1), key(2), key(3));
+    let ((lb, b_addr), (lc, c_addr)) = (bind().await, bind().await);
+    // A knows B and C; B and C know each other and accept A.
+    let b = relay_node(
+        "B",
+        kb.clone(),
+        &[&ka, &kc],
+        &[("C", kc.public(), c_addr)],
+        serve_config(origin.addr),
+        lb,
+    );
+    let c = relay_node(
+        "C",
+        kc.clone(),
+        &[&ka, &kb],
+        &[("B", kb.public(), b_addr)],
+        serve_config(origin.addr),
+        lc,
+    );
+    let a = router_a(
+        ka,
+        &[("B", kb.public(), b_addr), ("C", kc.public(), c_addr)],
+    );
+    let mut cfg = session_config(origin.addr, true);
+    cfg.hop_budget = 2;
+    let mut s = open(&a, origin.addr, len as u64, "", cfg).await;
+    let (buf, _, result) = collect(&mut s, len, |_| {}).await;
+    result.unwrap();
+    assert!(buf == data, "reassembled body differs");
+    // each router committed to the session exactly once, whichever path
+    // reached it first; the other path was refused as a duplicate
+    assert_eq!(b.stats().commits, 1, "{:?}", b.stats());
+    assert_eq!(c.stats().commits, 1, "{:?}", c.stats());
+    assert!(b.stats().refusals + c.stats().refusals >= 1);
+}
