@@ -2,7 +2,9 @@
 //! for both policies and both advertisement rules on the standard
 //! scenarios, and session negotiation over random meshes.
 //!
-//! `cargo run -p tandem-plan --example plansim [size_mib]`
+//! `cargo run -p tandem-plan --example plansim [size_mib] [sensitivity]`
+//! (`sensitivity`: instead, the dynamic policy's efficiency with one
+//! setting changed at a time.)
 
 use tandem_plan::sim::{
     MeshConfig, neighbour_side_scenarios, run_download, run_mesh, standard_scenarios,
@@ -18,6 +20,10 @@ fn main() {
         .unwrap_or(32);
     let size = size_mib << 20;
     let config = PlannerConfig::default();
+    if std::env::args().any(|a| a == "sensitivity") {
+        sensitivity(size);
+        return;
+    }
     println!(
         "# Downloads of {size_mib} MiB. A uplink 20 Mbit/s, WAN 10 ms one way, \
          mesh links 54 Mbit/s / 2 ms one way unless named; window {} MiB.",
@@ -182,5 +188,77 @@ fn main() {
                 r.leftover_entries
             );
         }
+    }
+}
+
+/// Dynamic + capped sum, % of ideal, one setting changed at a time.
+fn sensitivity(size: u64) {
+    use std::time::Duration;
+    let base = PlannerConfig::default();
+    let variants: Vec<(&str, PlannerConfig)> = vec![
+        ("defaults", base.clone()),
+        (
+            "target_piece_time 150 ms",
+            PlannerConfig {
+                target_piece_time: Duration::from_millis(150),
+                ..base.clone()
+            },
+        ),
+        (
+            "target_piece_time 500 ms",
+            PlannerConfig {
+                target_piece_time: Duration::from_millis(500),
+                ..base.clone()
+            },
+        ),
+        (
+            "pipeline_depth 3",
+            PlannerConfig {
+                pipeline_depth: 3,
+                ..base.clone()
+            },
+        ),
+        (
+            "window 16 MiB",
+            PlannerConfig {
+                window: 16 << 20,
+                ..base.clone()
+            },
+        ),
+        (
+            "window 4 MiB",
+            PlannerConfig {
+                window: 4 << 20,
+                ..base.clone()
+            },
+        ),
+        (
+            "endgame_margin 20 ms",
+            PlannerConfig {
+                endgame_margin: Duration::from_millis(20),
+                ..base.clone()
+            },
+        ),
+        (
+            "max_copies 3",
+            PlannerConfig {
+                max_copies: 3,
+                ..base.clone()
+            },
+        ),
+    ];
+    let scenarios = standard_scenarios(size);
+    let mut header = "| setting |".to_string();
+    for sc in &scenarios {
+        header += &format!(" {} |", sc.name);
+    }
+    println!("{header}");
+    for (name, cfg) in &variants {
+        let mut line = format!("| {name} |");
+        for sc in &scenarios {
+            let r = run_download(sc, Policy::Dynamic, AdvertRule::CappedSum, cfg);
+            line += &format!(" {:.1} |", 100.0 * r.efficiency());
+        }
+        println!("{line}");
     }
 }
