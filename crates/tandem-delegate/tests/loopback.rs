@@ -921,3 +921,40 @@ async fn overlapping_neighbourhoods_commit_once_per_router() {
     assert_eq!(c.stats().commits, 1, "{:?}", c.stats());
     assert!(b.stats().refusals + c.stats().refusals >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neighbour_share_of_the_uplink_is_capped() {
+    let len = 1 << 20;
+    let data = content(len, 16);
+    let origin = start_origin(data.clone(), None).await;
+    let (ka, kb) = (key(1), key(2));
+    // 8 Mbit/s uplink, half of it for neighbours: 500 000 B/s.
+    let serve = ServeConfig {
+        uplink_bps: 8_000_000,
+        neighbour_share: 0.5,
+        ..serve_config(origin.addr)
+    };
+    let (_b, b_addr) = neighbour("B", kb.clone(), &[&ka], serve).await;
+    let a = router_a(ka, &[("B", kb.public(), b_addr)]);
+    // neighbours only, so every byte crosses B's cap
+    let mut s = open(
+        &a,
+        origin.addr,
+        len as u64,
+        "",
+        session_config(origin.addr, false),
+    )
+    .await;
+    let t0 = tokio::time::Instant::now();
+    let (buf, _, result) = collect(&mut s, len, |_| {}).await;
+    let elapsed = t0.elapsed();
+    result.unwrap();
+    assert!(buf == data);
+    // One-sided bound (a slow machine only makes it slower): 1 MiB less the
+    // 64 KiB burst at 500 000 B/s takes at least 1.96 s.
+    assert!(
+        elapsed >= Duration::from_millis(1900),
+        "cap not applied: {elapsed:?}"
+    );
+    println!("1 MiB through a 500 kB/s neighbour cap took {elapsed:?}");
+}
