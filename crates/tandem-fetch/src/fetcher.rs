@@ -20,6 +20,10 @@ use crate::target::{TargetPolicy, TargetRefused};
 /// Default size of the read buffer, i.e. the largest chunk handed out.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 
+/// Largest accepted [`FetchConfig::chunk_size`]; larger values are
+/// lowered to it.
+pub const MAX_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
 /// How a [`RangeFetcher`] connects and reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchConfig {
@@ -31,7 +35,8 @@ pub struct FetchConfig {
     /// Bind the local end to this address before connecting (a neighbour
     /// fetches over its own uplink). Default: let the kernel choose.
     pub bind_addr: Option<IpAddr>,
-    /// Read buffer size, the largest chunk handed out (at least 1 KiB).
+    /// Read buffer size, the largest chunk handed out (clamped to
+    /// 1 KiB..=[`MAX_CHUNK_SIZE`]).
     /// Memory per fetcher is about `max(chunk_size, MAX_HEAD_LEN)`.
     pub chunk_size: usize,
     /// Which origin addresses may be fetched from (SSRF guard).
@@ -308,7 +313,7 @@ impl RangeFetcher {
     /// address. Does not connect yet.
     pub fn new(resource: Resource, mut config: FetchConfig) -> Result<Self, FetchError> {
         config.policy.check(resource.origin)?;
-        config.chunk_size = config.chunk_size.max(1024);
+        config.chunk_size = config.chunk_size.clamp(1024, MAX_CHUNK_SIZE);
         let buf = vec![0; config.chunk_size.max(MAX_HEAD_LEN)];
         Ok(Self {
             resource,
@@ -355,24 +360,26 @@ impl RangeFetcher {
         {
             self.conn = None;
         }
-        let (head, head_len, filled) = match self.exchange(&request).await {
-            Ok(r) => r,
+        let result = match self.exchange(&request).await {
             Err(Retry::Stale) => {
+                // The origin closed the idle keep-alive connection: one
+                // retry on a new connection (which cannot be stale).
                 self.conn = None;
-                match self.exchange(&request).await {
-                    Ok(r) => r,
-                    Err(Retry::Stale) => {
-                        return Err(FetchError::Io(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "connection closed before the response",
-                        )));
-                    }
-                    Err(Retry::Fail(e)) => return Err(e),
-                }
+                self.exchange(&request).await
             }
-            Err(Retry::Fail(e)) => {
+            other => other,
+        };
+        let (head, head_len, filled) = match result {
+            Ok(r) => r,
+            Err(e) => {
                 self.conn = None;
-                return Err(e);
+                return Err(match e {
+                    Retry::Fail(e) => e,
+                    Retry::Stale => FetchError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed before the response",
+                    )),
+                });
             }
         };
         let checked = self.check_head(&head, &range);

@@ -23,8 +23,8 @@ mod origin;
 mod target;
 
 pub use fetcher::{
-    DEFAULT_CHUNK_SIZE, FetchConfig, FetchError, FetchErrorClass, FetchStats, Phase, PieceBody,
-    RangeFetcher, Resource,
+    DEFAULT_CHUNK_SIZE, FetchConfig, FetchError, FetchErrorClass, FetchStats, MAX_CHUNK_SIZE,
+    Phase, PieceBody, RangeFetcher, Resource,
 };
 pub use origin::{OriginFiles, http_date, serve_origin};
 pub use target::{TargetPolicy, TargetRefused, check_target, classify};

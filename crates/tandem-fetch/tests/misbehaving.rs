@@ -405,3 +405,33 @@ async fn response_dribbled_in_tiny_segments() {
     assert_eq!(got, &body[..3000]);
     assert_eq!(f.stats().connections, 1);
 }
+
+#[tokio::test]
+async fn a_failed_piece_does_not_poison_the_next() {
+    let body = data(LEN, 33);
+    let b = body.clone();
+    let srv = hand_rolled(move |i, f, l| {
+        if i == 0 {
+            (
+                b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n".to_vec(),
+                Then::KeepOpen,
+            )
+        } else {
+            (good_206(&b, f, l, ETAG), Then::KeepOpen)
+        }
+    })
+    .await;
+    let mut f = fetcher(srv.addr);
+    let e = f.fetch(0..100).await.unwrap_err();
+    assert_eq!(e.class(), FetchErrorClass::Transient);
+    let mut got = Vec::new();
+    f.fetch_with(0..100, |_, c| got.extend_from_slice(c))
+        .await
+        .unwrap();
+    assert_eq!(got, &body[..100]);
+    assert_eq!(
+        f.stats().connections,
+        2,
+        "a fresh connection after the failure"
+    );
+}
