@@ -142,6 +142,10 @@ pub struct Scenario {
     /// Time from the cut request to the engine reporting the actual cut
     /// (peers may fetch from the requested cut meanwhile).
     pub cut_delay: Duration,
+    /// All inter-router links at A share one channel of this capacity
+    /// (802.11 airtime): transmitting neighbours split it in proportion to
+    /// their rates. `None`: independent links. Relays are not counted.
+    pub shared_channel: Option<Rate>,
 }
 
 impl Scenario {
@@ -160,12 +164,14 @@ impl Scenario {
             nested: false,
             cut_overshoot: 0,
             cut_delay: Duration::ZERO,
+            shared_channel: None,
         }
     }
 
     /// Size / sum of useful rates, before any change.
     pub fn static_ideal(&self) -> Duration {
-        let total: Rate = self.a_uplink + self.neighbours.iter().map(Neighbour::deliverable).sum();
+        let peers: Rate = self.neighbours.iter().map(Neighbour::deliverable).sum();
+        let total = self.a_uplink + peers.capped_by(self.shared_channel);
         total.time_for(self.size).unwrap_or(Duration::MAX)
     }
 
@@ -212,10 +218,14 @@ impl Scenario {
         let mut marks = self.change_times();
         marks.push(Duration::MAX);
         for m in marks {
-            let cap = self.a_uplink.bytes_per_sec()
-                + (0..self.neighbours.len())
-                    .map(|i| self.neighbour_rate(i, t))
-                    .sum::<f64>();
+            let peers: f64 = (0..self.neighbours.len())
+                .map(|i| self.neighbour_rate(i, t))
+                .sum();
+            let peers = match self.shared_channel {
+                Some(c) => peers.min(c.bytes_per_sec()),
+                None => peers,
+            };
+            let cap = self.a_uplink.bytes_per_sec() + peers;
             if m == Duration::MAX {
                 return t + secs(left / cap);
             }
@@ -843,15 +853,42 @@ pub fn run_download(
             result.completion = Some(t);
             break;
         }
-        // 2. Next event.
+        // Rates for this step; on a shared channel the neighbours that are
+        // transmitting split its capacity in proportion to their rates.
+        let mut rates: Vec<f64> = (0..srcs.len()).map(|i| rate_of(i, t)).collect();
         let mut next = Duration::MAX;
+        if let Some(channel) = sc.shared_channel {
+            let transmitting = |s: &Server| match s {
+                Server::Leaf(f) => f.queue.front().map(|h| h.ready_at),
+                Server::Relay(_) => None,
+            };
+            let active: Vec<usize> = (1..srcs.len())
+                .filter(|&i| transmitting(&srcs[i]).is_some_and(|r| r <= t))
+                .collect();
+            let sum: f64 = active.iter().map(|&i| rates[i]).sum();
+            let cap = channel.bytes_per_sec();
+            if sum > cap {
+                for &i in &active {
+                    rates[i] *= cap / sum;
+                }
+            }
+            // A neighbour starting to transmit changes everyone's share.
+            for s in srcs.iter().skip(1) {
+                if let Some(r) = transmitting(s)
+                    && r > t
+                {
+                    next = next.min(r);
+                }
+            }
+        }
+        // 2. Next event.
         if orig_delivered < actual {
             let b = (orig_delivered + chunk).min(actual);
             next = next.min(secs(b as f64 / a_rate).max(t));
         }
         for (i, s) in srcs.iter().enumerate() {
             next = next.min(match s {
-                Server::Leaf(f) => f.next_event(t, rate_of(i, t), chunk),
+                Server::Leaf(f) => f.next_event(t, rates[i], chunk),
                 Server::Relay(r) => r.next_event(t, chunk),
             });
         }
@@ -867,7 +904,7 @@ pub fn run_download(
         // 3. Advance fluid progress to `next`.
         for (i, s) in srcs.iter_mut().enumerate() {
             match s {
-                Server::Leaf(f) => f.advance(t, next, rate_of(i, t)),
+                Server::Leaf(f) => f.advance(t, next, rates[i]),
                 Server::Relay(r) => r.advance(t, next),
             }
         }
@@ -1248,6 +1285,13 @@ pub fn standard_scenarios(size: u64) -> Vec<Scenario> {
         size,
         vec![drop],
     ));
+    let mut shared = Scenario::new(
+        "8 routers 20x8, one 54 Mbit/s channel",
+        size,
+        (0..7).map(|_| nb(20.0)).collect(),
+    );
+    shared.shared_channel = Some(Rate::from_mbit(54.0));
+    v.push(shared);
     let mut liar = Neighbour::new(50.0, 54.0);
     liar.rate_change = Some((0.0, 0.2));
     v.push(Scenario::new(

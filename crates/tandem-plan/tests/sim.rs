@@ -295,3 +295,16 @@ mod random_scenarios {
         }
     }
 }
+
+#[test]
+fn a_shared_channel_is_measured_not_assumed() {
+    let sc = standard_scenarios(32 * MIB)
+        .into_iter()
+        .find(|s| s.shared_channel.is_some())
+        .unwrap();
+    let cfg = PlannerConfig::default();
+    let d = run_download(&sc, Policy::Dynamic, AdvertRule::CappedSum, &cfg);
+    let p = run_download(&sc, Policy::Proportional, AdvertRule::CappedSum, &cfg);
+    assert!(d.completion.unwrap() < p.completion.unwrap());
+    assert!(d.efficiency() > 0.9, "{}", d.efficiency());
+}
