@@ -22,6 +22,7 @@
 //!   subcommand `tandem delayline`) and [`run_lab`] (`tandem lab`).
 
 pub mod capture;
+pub mod daemon;
 pub mod delayline;
 pub mod lab;
 pub mod netns;

@@ -612,6 +612,14 @@ impl Topology {
             addr(&r, "lan0", router_lan_ip(c), 28)?;
             route(&cn, "default", router_lan_ip(c))?;
         }
+        // Routers without a client still have a LAN (`lan0`, a veth whose
+        // peer `lan0-stub` stays in the router; the kernel has no dummy
+        // device), as real routers do; daemons and firewall rules can name it.
+        for i in (0..spec.routers).filter(|i| !spec.clients.contains(i)) {
+            let r = self.router_ns(i);
+            veth(&r, "lan0", &r, "lan0-stub")?;
+            addr(&r, "lan0", router_lan_ip(i), 28)?;
+        }
         // Mesh.
         for (k, &(a, b)) in spec.mesh.iter().enumerate() {
             let (ra, rb) = (self.router_ns(a), self.router_ns(b));
@@ -629,7 +637,7 @@ impl Topology {
             addr(&o, "eth0", ORIGIN_IP, 24)?;
             route(&o, "default", ORIGIN_GW)?;
         } else {
-            ip(&inet, &["link", "add", "origin0", "type", "dummy"])?;
+            veth(&inet, "origin0", &inet, "origin0-stub")?;
             addr(&inet, "origin0", ORIGIN_IP, 24)?;
         }
         if spec.no_offloads {
