@@ -1,0 +1,734 @@
+//! The injected-stream sender: a small TCP sender that continues the
+//! origin's byte stream from the cut point towards the client.
+//!
+//! It works in *body offsets* (u64, 0 = first body byte); the flow maps
+//! them to sequence numbers. It implements: segments of at most one MSS,
+//! the client's (scaled) receive window, a Reno congestion window,
+//! RTO with exponential backoff (RFC 6298), fast retransmit on three
+//! duplicate ACKs with NewReno partial-ACK handling (RFC 6582), SACK-based
+//! hole retransmission when SACK was negotiated (a simplified RFC 6675),
+//! a zero-window probe (persist timer), and FIN on the last byte.
+
+use std::time::{Duration, Instant};
+
+use crate::buffer::{InsertError, PieceBuffer};
+
+/// Timing and sizing knobs (copied from [`crate::EngineConfig`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SenderConfig {
+    pub mss: usize,
+    pub buffer_window: u64,
+    pub initial_rto: Duration,
+    pub min_rto: Duration,
+    pub max_rto: Duration,
+    pub max_retransmits: u32,
+    pub initial_cwnd_segments: u32,
+}
+
+/// A segment the sender wants to emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Segment {
+    /// Body offset of the first payload byte (or of the FIN).
+    pub offset: u64,
+    /// Payload length.
+    pub len: usize,
+    /// FIN after the payload.
+    pub fin: bool,
+    /// Whether this repeats bytes sent before.
+    pub retransmission: bool,
+}
+
+/// What an ACK did to the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct AckOutcome {
+    /// The ACK acknowledged data the sender never sent (ignored).
+    pub invalid: bool,
+    /// The FIN is now acknowledged.
+    pub fin_acked: bool,
+}
+
+/// Sorted, disjoint `[start, end)` ranges (the SACK scoreboard).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct RangeSet(Vec<(u64, u64)>);
+
+impl RangeSet {
+    pub(crate) fn insert(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let (mut s, mut e) = (start, end);
+        let mut out = Vec::with_capacity(self.0.len() + 1);
+        let mut placed = false;
+        for &(a, b) in &self.0 {
+            if b < s {
+                out.push((a, b));
+            } else if a > e {
+                if !placed {
+                    out.push((s, e));
+                    placed = true;
+                }
+                out.push((a, b));
+            } else {
+                s = s.min(a);
+                e = e.max(b);
+            }
+        }
+        if !placed {
+            out.push((s, e));
+        }
+        // Bound the scoreboard: keep the lowest ranges (the ones that
+        // matter for the next retransmissions).
+        out.truncate(64);
+        self.0 = out;
+    }
+    /// Drops everything below `at`.
+    pub(crate) fn trim_below(&mut self, at: u64) {
+        self.0.retain_mut(|r| {
+            if r.1 <= at {
+                false
+            } else {
+                r.0 = r.0.max(at);
+                true
+            }
+        });
+    }
+    /// The range containing `at`, if any.
+    pub(crate) fn containing(&self, at: u64) -> Option<(u64, u64)> {
+        self.0.iter().copied().find(|&(a, b)| a <= at && at < b)
+    }
+    /// Start of the first range beginning after `at`.
+    pub(crate) fn next_start_after(&self, at: u64) -> Option<u64> {
+        self.0.iter().map(|r| r.0).find(|&a| a > at)
+    }
+    /// Total bytes covered.
+    pub(crate) fn total(&self) -> u64 {
+        self.0.iter().map(|r| r.1 - r.0).sum()
+    }
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The sender state of one accelerated flow.
+#[derive(Debug)]
+pub(crate) struct Sender {
+    cfg: SenderConfig,
+    body_len: u64,
+    /// Oldest unacknowledged body offset (the delivery cursor).
+    una: u64,
+    /// Next new offset to send.
+    nxt: u64,
+    /// Highest offset ever sent (excluding FIN).
+    max_sent: u64,
+    fin_sent: bool,
+    fin_acked: bool,
+    buf: PieceBuffer,
+    /// Right edge of the client's receive window (body offset).
+    wnd_edge: u64,
+    cwnd: u64,
+    ssthresh: u64,
+    dupacks: u32,
+    /// In loss recovery until `una` reaches this point.
+    recover: Option<u64>,
+    sack_enabled: bool,
+    sacked: RangeSet,
+    /// Next offset to consider for hole retransmission in recovery.
+    rtx_next: u64,
+    /// Retransmissions allowed right now (fast retransmit / SACK holes).
+    rtx_budget: u32,
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    rto: Duration,
+    retries: u32,
+    rto_deadline: Option<Instant>,
+    /// (end offset, send time) of the segment being timed (Karn).
+    rtt_probe: Option<(u64, Instant)>,
+    persist_deadline: Option<Instant>,
+    persist_backoff: u32,
+    /// Set when a persist probe is due.
+    probe_due: bool,
+    /// End of the last zero-window probe byte (the client may ACK it).
+    probe_end: Option<u64>,
+    failed: bool,
+}
+
+impl Sender {
+    pub(crate) fn new(
+        cfg: SenderConfig,
+        cut: u64,
+        body_len: u64,
+        wnd_edge: u64,
+        sack: bool,
+    ) -> Self {
+        let mss = cfg.mss.max(1) as u64;
+        Sender {
+            cfg,
+            body_len,
+            una: cut,
+            nxt: cut,
+            max_sent: cut,
+            fin_sent: false,
+            fin_acked: false,
+            buf: PieceBuffer::new(cut, cfg.buffer_window),
+            wnd_edge,
+            cwnd: mss * u64::from(cfg.initial_cwnd_segments.max(1)),
+            ssthresh: u64::MAX,
+            dupacks: 0,
+            recover: None,
+            sack_enabled: sack,
+            sacked: RangeSet::default(),
+            rtx_next: cut,
+            rtx_budget: 0,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            rto: cfg.initial_rto,
+            retries: 0,
+            rto_deadline: None,
+            rtt_probe: None,
+            persist_deadline: None,
+            persist_backoff: 0,
+            probe_due: false,
+            probe_end: None,
+            failed: false,
+        }
+    }
+
+    fn mss(&self) -> u64 {
+        self.cfg.mss.max(1) as u64
+    }
+
+    /// Oldest unacknowledged body offset.
+    pub(crate) fn una(&self) -> u64 {
+        self.una
+    }
+    /// Next offset to send (what the client's ACK numbers are relative to).
+    pub(crate) fn nxt(&self) -> u64 {
+        self.nxt
+    }
+    /// Highest offset sent.
+    pub(crate) fn max_sent(&self) -> u64 {
+        self.max_sent
+    }
+    /// Whether the FIN went out at least once.
+    pub(crate) fn fin_sent_ever(&self) -> bool {
+        self.fin_sent || self.fin_acked
+    }
+    /// Whether the client acknowledged the FIN (and hence every byte).
+    pub(crate) fn fin_acked(&self) -> bool {
+        self.fin_acked
+    }
+    /// Bytes held in the piece buffer.
+    pub(crate) fn buffered(&self) -> u64 {
+        self.buf.stored()
+    }
+    /// Room for more pieces past the contiguous end.
+    pub(crate) fn room(&self) -> u64 {
+        if self.failed {
+            0
+        } else {
+            self.buf
+                .room()
+                .min(self.body_len - self.buf.contiguous_end().min(self.body_len))
+        }
+    }
+    /// Highest sequence-space offset the client may legitimately
+    /// acknowledge (`body_len + 1` once the FIN was sent).
+    pub(crate) fn ack_limit(&self) -> u64 {
+        if self.fin_sent_ever() {
+            self.body_len + 1
+        } else {
+            self.max_sent.max(self.nxt).max(self.probe_end.unwrap_or(0))
+        }
+    }
+
+    /// Stores a piece; see [`PieceBuffer::insert`].
+    pub(crate) fn push_piece(&mut self, offset: u64, data: &[u8]) -> Result<(), InsertError> {
+        self.buf.insert(offset, data)
+    }
+
+    /// Stops everything (the flow failed).
+    pub(crate) fn fail(&mut self) {
+        self.failed = true;
+        self.buf.clear();
+        self.rto_deadline = None;
+        self.persist_deadline = None;
+    }
+
+    fn in_flight(&self) -> bool {
+        self.nxt > self.una || (self.fin_sent && !self.fin_acked)
+    }
+
+    /// Processes the ACK fields of a client segment: `ack` as a body offset
+    /// (`body_len + 1` covers the FIN), the scaled window in bytes, the SACK
+    /// blocks as body offsets, and whether the segment carried anything
+    /// besides the ACK (data, SYN, FIN: then it is not a duplicate ACK).
+    pub(crate) fn on_ack(
+        &mut self,
+        now: Instant,
+        ack: u64,
+        window: u64,
+        sacks: &[(u64, u64)],
+        pure_ack: bool,
+    ) -> AckOutcome {
+        let mut out = AckOutcome::default();
+        if self.failed {
+            return out;
+        }
+        if ack > self.ack_limit() {
+            out.invalid = true;
+            return out;
+        }
+        let old_edge = self.wnd_edge;
+        let new_edge = ack.saturating_add(window);
+        for &(s, e) in sacks {
+            let s = s.max(self.una);
+            let e = e.min(self.max_sent);
+            if s < e {
+                self.sacked.insert(s, e);
+            }
+        }
+        if ack > self.una {
+            let acked = ack.min(self.body_len) - self.una.min(self.body_len);
+            let data_ack = ack.min(self.body_len);
+            self.una = data_ack;
+            if ack > self.body_len {
+                if !self.fin_acked {
+                    out.fin_acked = true;
+                }
+                self.fin_acked = true;
+            }
+            if self.nxt < self.una {
+                self.nxt = self.una;
+            }
+            if self.max_sent < self.una {
+                self.max_sent = self.una;
+            }
+            self.buf.release(self.una);
+            self.sacked.trim_below(self.una);
+            if self.rtx_next < self.una {
+                self.rtx_next = self.una;
+            }
+            // RTT sample (Karn: the probe is cleared on retransmission).
+            if let Some((end, sent)) = self.rtt_probe {
+                if ack >= end {
+                    self.rtt_sample(now.saturating_duration_since(sent));
+                    self.rtt_probe = None;
+                }
+            }
+            self.retries = 0;
+            self.dupacks = 0;
+            match self.recover {
+                Some(rec) if ack < rec => {
+                    // Partial ACK (NewReno): retransmit the next hole now.
+                    self.rtx_next = self.una;
+                    self.rtx_budget = self.rtx_budget.max(1);
+                    self.cwnd = self.cwnd.saturating_sub(acked).max(self.mss()) + self.mss();
+                }
+                Some(_) => {
+                    self.recover = None;
+                    self.rtx_budget = 0;
+                    self.cwnd = self.ssthresh.max(self.mss());
+                }
+                None => {
+                    if self.cwnd < self.ssthresh {
+                        self.cwnd += acked.min(self.mss());
+                    } else {
+                        self.cwnd += (self.mss() * self.mss() / self.cwnd.max(1)).max(1);
+                    }
+                }
+            }
+            self.rto_deadline = if self.in_flight() {
+                Some(now + self.rto)
+            } else {
+                None
+            };
+        } else if ack == self.una && pure_ack && self.in_flight() && new_edge == old_edge {
+            self.dupacks += 1;
+            let sacked_enough = self.sack_enabled && self.sacked.total() >= 3 * self.mss();
+            match self.recover {
+                None if self.dupacks >= 3 || (sacked_enough && self.dupacks >= 1) => {
+                    let flight = self.max_sent - self.una;
+                    self.ssthresh = (flight / 2).max(2 * self.mss());
+                    self.cwnd = self.ssthresh + 3 * self.mss();
+                    self.recover = Some(self.max_sent.max(self.una + 1));
+                    self.rtx_next = self.una;
+                    self.rtx_budget = 1;
+                    self.rtt_probe = None;
+                }
+                Some(_) => {
+                    self.cwnd += self.mss();
+                    if self.sack_enabled {
+                        self.rtx_budget = self.rtx_budget.saturating_add(1).min(4);
+                    }
+                }
+                None => {}
+            }
+        }
+        if ack >= self.una {
+            self.wnd_edge = new_edge.max(self.una);
+        } else {
+            // An older ACK (before the cut, while the origin still streams
+            // the head of the body) can only widen the window.
+            self.wnd_edge = self.wnd_edge.max(new_edge);
+        }
+        if self.wnd_edge > self.nxt {
+            self.persist_deadline = None;
+            self.persist_backoff = 0;
+            self.probe_due = false;
+        }
+        out
+    }
+
+    fn rtt_sample(&mut self, r: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(r);
+                self.rttvar = r / 2;
+            }
+            Some(s) => {
+                let diff = s.abs_diff(r);
+                self.rttvar = (self.rttvar * 3 + diff) / 4;
+                self.srtt = Some((s * 7 + r) / 8);
+            }
+        }
+        let srtt = self.srtt.unwrap_or(r);
+        self.rto = (srtt + (self.rttvar * 4).max(Duration::from_millis(1)))
+            .clamp(self.cfg.min_rto, self.cfg.max_rto);
+    }
+
+    /// The next timer deadline.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        match (self.rto_deadline, self.persist_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires due timers. Returns `Err(())` when the retransmission limit is
+    /// reached and the flow must fail.
+    pub(crate) fn on_timeout(&mut self, now: Instant) -> Result<(), ()> {
+        if self.failed {
+            return Ok(());
+        }
+        if let Some(d) = self.rto_deadline {
+            if now >= d {
+                if self.retries >= self.cfg.max_retransmits {
+                    return Err(());
+                }
+                self.retries += 1;
+                self.rto = (self.rto * 2).min(self.cfg.max_rto);
+                let flight = self.max_sent.saturating_sub(self.una);
+                self.ssthresh = (flight / 2).max(2 * self.mss());
+                self.cwnd = self.mss();
+                // Go back N from the oldest unacknowledged byte. The SACK
+                // scoreboard is dropped (a receiver may renege, RFC 2018).
+                self.nxt = self.una;
+                if !self.fin_acked {
+                    self.fin_sent = false;
+                }
+                self.sacked.clear();
+                self.recover = None;
+                self.rtx_budget = 0;
+                self.dupacks = 0;
+                self.rtt_probe = None;
+                self.rto_deadline = None;
+            }
+        }
+        if let Some(d) = self.persist_deadline {
+            if now >= d {
+                self.probe_due = true;
+                self.persist_deadline = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next segment to send, if any; `now` arms timers. The caller
+    /// reads the payload with [`Sender::read`] and must emit the segment.
+    pub(crate) fn next_segment(&mut self, now: Instant) -> Option<Segment> {
+        if self.failed || self.fin_acked {
+            return None;
+        }
+        let mss = self.mss();
+        let avail = self.buf.contiguous_end().min(self.body_len);
+
+        // 1. Retransmission of a hole (fast retransmit / SACK recovery).
+        if self.rtx_budget > 0 {
+            if let Some(seg) = self.next_hole(avail, mss) {
+                self.rtx_budget -= 1;
+                self.rtt_probe = None;
+                self.arm_rto(now);
+                return Some(seg);
+            }
+            self.rtx_budget = 0;
+        }
+
+        // Skip ranges the client already holds (after go-back-N).
+        while let Some((_, e)) = self.sacked.containing(self.nxt) {
+            self.nxt = e.min(self.body_len);
+            if e >= self.body_len {
+                break;
+            }
+        }
+
+        // 2. New data (or data being resent after an RTO) within both windows.
+        let pipe_limit = self.una + self.cwnd + self.sacked.total();
+        let limit = self.wnd_edge.min(pipe_limit);
+        if self.nxt < avail && self.nxt < limit {
+            let mut len = (avail - self.nxt).min(limit - self.nxt).min(mss);
+            if let Some(s) = self.sacked.next_start_after(self.nxt) {
+                len = len.min(s - self.nxt);
+            }
+            // Sender-side silly window avoidance: do not send a runt
+            // limited by a window while data is in flight.
+            let data_limited = len == avail - self.nxt;
+            if len < mss && !data_limited && self.in_flight() {
+                return None;
+            }
+            let retransmission = self.nxt < self.max_sent;
+            let offset = self.nxt;
+            self.nxt += len;
+            let fin = self.nxt == self.body_len && !self.fin_sent;
+            if fin {
+                self.fin_sent = true;
+            }
+            if retransmission {
+                self.rtt_probe = None;
+            } else if self.rtt_probe.is_none() && self.retries == 0 {
+                self.rtt_probe = Some((self.nxt, now));
+            }
+            self.max_sent = self.max_sent.max(self.nxt);
+            self.arm_rto(now);
+            return Some(Segment {
+                offset,
+                len: len as usize,
+                fin,
+                retransmission,
+            });
+        }
+
+        // 3. A bare FIN once every byte went out.
+        if self.nxt == self.body_len && !self.fin_sent {
+            self.fin_sent = true;
+            self.arm_rto(now);
+            return Some(Segment {
+                offset: self.body_len,
+                len: 0,
+                fin: true,
+                retransmission: false,
+            });
+        }
+
+        // 4. Zero window: probe with one byte beyond the window.
+        if self.nxt < avail && self.wnd_edge <= self.nxt && !self.in_flight() {
+            if self.probe_due {
+                self.probe_due = false;
+                self.persist_backoff = self.persist_backoff.saturating_add(1);
+                self.arm_persist(now);
+                // The probe does not advance `nxt`: it is not in flight
+                // (no RTO), the persist timer repeats it.
+                self.probe_end = Some(self.nxt + 1);
+                return Some(Segment {
+                    offset: self.nxt,
+                    len: 1,
+                    fin: false,
+                    retransmission: false,
+                });
+            }
+            if self.persist_deadline.is_none() {
+                self.arm_persist(now);
+            }
+        }
+        None
+    }
+
+    fn next_hole(&self, avail: u64, mss: u64) -> Option<Segment> {
+        let mut at = self.rtx_next.max(self.una);
+        let end = self.recover.unwrap_or(self.max_sent).min(self.max_sent);
+        while let Some((_, e)) = self.sacked.containing(at) {
+            at = e;
+        }
+        if at < end && at < avail {
+            let mut len = (end - at).min(mss).min(avail - at);
+            if let Some(s) = self.sacked.next_start_after(at) {
+                len = len.min(s - at);
+            }
+            return Some(Segment {
+                offset: at,
+                len: len as usize,
+                fin: false,
+                retransmission: true,
+            });
+        }
+        // The FIN alone is outstanding and was lost.
+        if at >= self.body_len && self.fin_sent && !self.fin_acked && self.una == self.body_len {
+            return Some(Segment {
+                offset: self.body_len,
+                len: 0,
+                fin: true,
+                retransmission: true,
+            });
+        }
+        None
+    }
+
+    /// Records that a hole segment was sent (advances the hole cursor).
+    pub(crate) fn hole_sent(&mut self, seg: &Segment) {
+        if seg.retransmission {
+            self.rtx_next = self.rtx_next.max(seg.offset + seg.len as u64);
+        }
+    }
+
+    fn arm_rto(&mut self, now: Instant) {
+        if self.rto_deadline.is_none() {
+            self.rto_deadline = Some(now + self.rto);
+        }
+    }
+
+    fn arm_persist(&mut self, now: Instant) {
+        let base = self.rto.max(self.cfg.min_rto);
+        let d = base
+            .saturating_mul(1u32 << self.persist_backoff.min(10))
+            .min(self.cfg.max_rto);
+        self.persist_deadline = Some(now + d);
+    }
+
+    /// Copies payload bytes for a segment.
+    pub(crate) fn read(&self, seg: &Segment, out: &mut Vec<u8>) -> bool {
+        seg.len == 0 || self.buf.read(seg.offset, seg.len, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> SenderConfig {
+        SenderConfig {
+            mss: 100,
+            buffer_window: 10_000,
+            initial_rto: Duration::from_secs(1),
+            min_rto: Duration::from_millis(200),
+            max_rto: Duration::from_secs(60),
+            max_retransmits: 5,
+            initial_cwnd_segments: 4,
+        }
+    }
+
+    #[test]
+    fn rangeset_merges() {
+        let mut r = RangeSet::default();
+        r.insert(10, 20);
+        r.insert(30, 40);
+        r.insert(15, 31);
+        assert_eq!(r.0, vec![(10, 40)]);
+        r.insert(50, 60);
+        r.trim_below(35);
+        assert_eq!(r.0, vec![(35, 40), (50, 60)]);
+        assert_eq!(r.total(), 15);
+        assert_eq!(r.containing(55), Some((50, 60)));
+        assert_eq!(r.next_start_after(40), Some(50));
+    }
+
+    #[test]
+    fn sends_only_contiguous_bytes_within_cwnd_and_window() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 0, 1000, 250, false);
+        assert_eq!(s.next_segment(t0), None);
+        s.push_piece(100, &[1; 200]).unwrap();
+        assert_eq!(s.next_segment(t0), None, "gap at 0..100");
+        s.push_piece(0, &[0; 100]).unwrap();
+        let a = s.next_segment(t0).unwrap();
+        assert_eq!((a.offset, a.len), (0, 100));
+        let b = s.next_segment(t0).unwrap();
+        assert_eq!((b.offset, b.len), (100, 100));
+        // window edge 250: a 50-byte runt is window limited while in flight
+        assert_eq!(s.next_segment(t0), None);
+        let o = s.on_ack(t0, 200, 1000, &[], true);
+        assert!(!o.invalid);
+        let c = s.next_segment(t0).unwrap();
+        assert_eq!((c.offset, c.len), (200, 100));
+        // acking beyond what was sent is invalid
+        assert!(s.on_ack(t0, 301, 1000, &[], true).invalid);
+    }
+
+    #[test]
+    fn fin_rides_on_the_last_byte_and_rto_resends_it() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 950, 1000, 10_000, false);
+        s.push_piece(950, &[9; 50]).unwrap();
+        let a = s.next_segment(t0).unwrap();
+        assert_eq!((a.offset, a.len, a.fin), (950, 50, true));
+        assert_eq!(s.next_segment(t0), None);
+        let d = s.poll_timeout().unwrap();
+        s.on_timeout(d).unwrap();
+        let b = s.next_segment(d).unwrap();
+        assert_eq!(
+            (b.offset, b.len, b.fin, b.retransmission),
+            (950, 50, true, true)
+        );
+        let o = s.on_ack(d, 1001, 1000, &[], true);
+        assert!(o.fin_acked && s.fin_acked());
+        assert_eq!(s.next_segment(d), None);
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn three_dupacks_retransmit_the_hole_and_sack_skips_held_ranges() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 0, 10_000, 100_000, true);
+        s.push_piece(0, &[5; 800]).unwrap();
+        let mut sent = vec![];
+        while let Some(seg) = s.next_segment(t0) {
+            sent.push(seg.offset);
+        }
+        assert_eq!(sent, vec![0, 100, 200, 300]);
+        // 0..100 lost; client SACKs 100..400 with dup ACKs.
+        s.on_ack(t0, 0, 100_000, &[(100, 200)], true);
+        let seg = s.next_segment(t0).unwrap();
+        assert!(!seg.retransmission, "no fast retransmit after one dup ack");
+        s.on_ack(t0, 0, 100_000, &[(100, 400)], true);
+        let r = s.next_segment(t0).unwrap();
+        assert_eq!((r.offset, r.len, r.retransmission), (0, 100, true));
+        s.hole_sent(&r);
+    }
+
+    #[test]
+    fn retries_exhaust_into_failure() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 0, 1000, 10_000, false);
+        s.push_piece(0, &[0; 100]).unwrap();
+        let mut now = t0;
+        let mut fails = 0;
+        for _ in 0..10 {
+            let _ = s.next_segment(now);
+            if let Some(d) = s.poll_timeout() {
+                now = d;
+                if s.on_timeout(now).is_err() {
+                    fails += 1;
+                    break;
+                }
+            }
+        }
+        assert_eq!(fails, 1);
+        assert_eq!(s.retries, 5);
+    }
+
+    #[test]
+    fn zero_window_is_probed_with_backoff() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 0, 1000, 0, false);
+        s.push_piece(0, &[7; 300]).unwrap();
+        assert_eq!(s.next_segment(t0), None);
+        let d1 = s.poll_timeout().unwrap();
+        s.on_timeout(d1).unwrap();
+        let p = s.next_segment(d1).unwrap();
+        assert_eq!((p.offset, p.len), (0, 1));
+        let d2 = s.poll_timeout().unwrap();
+        assert!(d2 - d1 > d1 - t0, "backoff grows");
+        // the client accepted the probe byte and opened the window
+        s.on_ack(d1, 1, 1000, &[], true);
+        let n = s.next_segment(d1).unwrap();
+        assert_eq!((n.offset, n.len), (1, 100));
+    }
+}

@@ -1,0 +1,869 @@
+//! Deterministic simulation: a smoltcp client and a smoltcp origin (TCP
+//! stacks we did not write) talk HTTP/1.1 through the splice engine, over
+//! simulated links with loss, reordering, duplication and delay.
+//!
+//! ```text
+//!  client iface <--link C--> [ Engine ] <--link O--> origin iface
+//! ```
+//!
+//! The harness plays the daemon: on `ResponseHead` it accelerates at the
+//! configured cut and feeds the body bytes after the cut in shuffled pieces
+//! with delays (one piece can be withheld; the harness then calls `fail`).
+//! It checks, on every packet delivered to the client, that checksums are
+//! right (etherparse), that timestamps never go backwards (PAWS), that
+//! injected segments fit the client's MSS, and at the end that the client
+//! read exactly the body (or a prefix of it and a reset when a piece was
+//! withheld) and that the origin was stopped, not left retransmitting.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::cell::Cell;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
+use tandem_splice::{Destination, Direction, Engine, EngineConfig, Event, FlowId, Verdict};
+use tandem_wire::{TcpFlags, TcpOption, TcpPacket, parse_ip_tcp};
+
+thread_local! {
+    static NOW_MS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn client_tsval() -> u32 {
+    NOW_MS.with(|c| c.get() as u32).wrapping_add(7)
+}
+/// The origin's clock starts close to the u32 wrap, so injected TSvals
+/// must wrap correctly too.
+fn origin_tsval() -> u32 {
+    NOW_MS.with(|c| c.get() as u32).wrapping_add(u32::MAX - 300)
+}
+
+/// Body byte at `i`: a non-periodic pattern so that misplaced bytes show.
+pub fn body_byte(i: u64) -> u8 {
+    let mut z = (i / 8).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    z.to_le_bytes()[(i % 8) as usize]
+}
+
+/// Knobs of one simulated download.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub ipv6: bool,
+    pub body_len: u64,
+    /// Requested cut (body offset); the engine may move it forward.
+    pub cut: u64,
+    /// The client's MSS (sets its MTU).
+    pub client_mss: u16,
+    /// The client's receive buffer (its window; > 64 KiB means scaled).
+    pub client_rx: usize,
+    pub timestamps: bool,
+    pub sack: bool,
+    /// Loss probability on each hop, each direction.
+    pub loss: f64,
+    /// Probability that a packet is held back (reordered).
+    pub reorder: f64,
+    /// Probability that a packet is duplicated.
+    pub dup: f64,
+    /// One-way delay of each hop.
+    pub delay: Duration,
+    /// Size of the pieces the harness pushes.
+    pub piece: usize,
+    /// Pieces arrive over this spread (shuffled within it).
+    pub piece_jitter: Duration,
+    /// Withhold the piece containing this body offset (expect a reset).
+    pub withhold: Option<u64>,
+    /// Virtual-time limit.
+    pub limit: Duration,
+    pub engine: EngineConfig,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 1,
+            ipv6: false,
+            body_len: 256 * 1024,
+            cut: 100_000,
+            client_mss: 1460,
+            client_rx: 256 * 1024,
+            timestamps: true,
+            sack: true,
+            loss: 0.0,
+            reorder: 0.0,
+            dup: 0.0,
+            delay: Duration::from_millis(2),
+            piece: 16 * 1024,
+            piece_jitter: Duration::from_millis(20),
+            withhold: None,
+            limit: Duration::from_secs(900),
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// What happened.
+#[derive(Debug, Default)]
+pub struct SimReport {
+    /// Body bytes the client read.
+    pub received: u64,
+    /// The client's connection ended with a reset.
+    pub client_reset: bool,
+    /// The client saw a normal close (FIN after the body).
+    pub client_clean_close: bool,
+    /// The actual cut.
+    pub cut: Option<u64>,
+    pub cut_done: bool,
+    pub finished: bool,
+    pub failed: bool,
+    /// Segments the origin sent after it received the engine's first
+    /// zero-window ACK (the stop).
+    pub origin_segments_after_cut: u64,
+    /// The origin's socket state at the end.
+    pub origin_state: String,
+    /// Packets the engine injected.
+    pub injected: u64,
+    pub virtual_time: Duration,
+    pub flow_closed: bool,
+}
+
+#[derive(PartialEq, Eq)]
+struct InFlight {
+    at: u64,
+    order: u64,
+    to: Hop,
+    data: Vec<u8>,
+}
+impl Ord for InFlight {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.order).cmp(&(self.at, self.order))
+    }
+}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hop {
+    /// Arrives at the engine, sent by the client.
+    EngineFromClient,
+    /// Arrives at the engine, sent by the origin.
+    EngineFromOrigin,
+    ToClient,
+    ToOrigin,
+    /// A packet the engine injected towards the origin.
+    ToOriginInjected,
+}
+
+struct Dev {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+    mtu: usize,
+}
+
+struct RxT(Vec<u8>);
+struct TxT<'a>(&'a mut Vec<Vec<u8>>);
+
+impl phy::RxToken for RxT {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+impl phy::TxToken for TxT<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut b = vec![0u8; len];
+        let r = f(&mut b);
+        self.0.push(b);
+        r
+    }
+}
+impl phy::Device for Dev {
+    type RxToken<'a> = RxT;
+    type TxToken<'a> = TxT<'a>;
+    fn receive(&mut self, _t: smoltcp::time::Instant) -> Option<(RxT, TxT<'_>)> {
+        let p = self.rx.pop_front()?;
+        Some((RxT(p), TxT(&mut self.tx)))
+    }
+    fn transmit(&mut self, _t: smoltcp::time::Instant) -> Option<TxT<'_>> {
+        Some(TxT(&mut self.tx))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ip;
+        c.max_transmission_unit = self.mtu;
+        c
+    }
+}
+
+struct Host {
+    iface: Interface,
+    dev: Dev,
+    sockets: SocketSet<'static>,
+    sock: SocketHandle,
+}
+
+fn host(
+    addr: IpAddress,
+    mtu: usize,
+    rx: usize,
+    tx: usize,
+    seed: u64,
+    ts: bool,
+    is_origin: bool,
+) -> Host {
+    let mut dev = Dev {
+        rx: VecDeque::new(),
+        tx: Vec::new(),
+        mtu,
+    };
+    let mut cfg = Config::new(HardwareAddress::Ip);
+    cfg.random_seed = seed;
+    let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::from_micros(0));
+    iface.update_ip_addrs(|a| {
+        let prefix = if matches!(addr, IpAddress::Ipv4(_)) {
+            24
+        } else {
+            64
+        };
+        a.push(IpCidr::new(addr, prefix)).unwrap();
+    });
+    // Everything else is "via the router": any gateway works on an IP medium.
+    match addr {
+        IpAddress::Ipv4(_) => {
+            iface
+                .routes_mut()
+                .add_default_ipv4_route(Ipv4Address::new(192, 0, 2, 254))
+                .unwrap();
+        }
+        IpAddress::Ipv6(_) => {
+            iface
+                .routes_mut()
+                .add_default_ipv6_route(Ipv6Address::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe))
+                .unwrap();
+        }
+    }
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; rx]),
+        tcp::SocketBuffer::new(vec![0; tx]),
+    );
+    if ts {
+        s.set_tsval_generator(Some(if is_origin {
+            origin_tsval
+        } else {
+            client_tsval
+        }));
+    }
+    s.set_nagle_enabled(false);
+    let mut sockets = SocketSet::new(vec![]);
+    let sock = sockets.add(s);
+    Host {
+        iface,
+        dev,
+        sockets,
+        sock,
+    }
+}
+
+/// Strips the SACK-permitted option (replaced by NOPs) from a SYN, fixing
+/// the checksum: how the harness turns SACK off for both ends.
+fn strip_sack_permitted(pkt: &mut [u8]) {
+    let Ok(meta) = parse_ip_tcp(pkt) else { return };
+    let Ok(mut tcp) = TcpPacket::new_checked(&mut pkt[meta.tcp_offset..meta.ip_len]) else {
+        return;
+    };
+    if !tcp.flags().contains(TcpFlags::SYN) {
+        return;
+    }
+    let mut it = tandem_wire::TcpOptions::new(tcp.options());
+    let mut at = None;
+    while let Some(Ok((o, opt))) = it.next_with_offset() {
+        if opt == TcpOption::SackPermitted {
+            at = Some(20 + o);
+        }
+    }
+    if let Some(at) = at {
+        tcp.replace_bytes(at, &[1, 1]);
+    }
+}
+
+fn is_zero_window_ack(pkt: &[u8]) -> bool {
+    let Ok(meta) = parse_ip_tcp(pkt) else {
+        return false;
+    };
+    let Ok(tcp) = TcpPacket::new_checked(&pkt[meta.tcp_offset..meta.ip_len]) else {
+        return false;
+    };
+    tcp.window() == 0 && tcp.flags() == TcpFlags::ACK
+}
+
+/// Checks a packet about to be delivered to the client.
+struct ClientMonitor {
+    ts_recent: Option<u32>,
+    last_ack_sent: Option<u32>,
+    mss: usize,
+    ts: bool,
+}
+
+impl ClientMonitor {
+    fn check(&mut self, pkt: &[u8], from_engine: bool) {
+        // Independent parser: both checksums.
+        let p = etherparse::SlicedPacket::from_ip(pkt).expect("etherparse parses every packet");
+        let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+            panic!("not tcp")
+        };
+        let want = match p.net.as_ref().unwrap() {
+            etherparse::NetSlice::Ipv4(v4) => {
+                let h = v4.header();
+                assert_eq!(
+                    h.to_header().calc_header_checksum(),
+                    h.header_checksum(),
+                    "IPv4 checksum"
+                );
+                t.calc_checksum_ipv4(h.source_addr().octets(), h.destination_addr().octets())
+                    .unwrap()
+            }
+            etherparse::NetSlice::Ipv6(v6) => {
+                let h = v6.header();
+                t.calc_checksum_ipv6(h.source_addr().octets(), h.destination_addr().octets())
+                    .unwrap()
+            }
+            _ => panic!("arp"),
+        };
+        assert_eq!(want, t.checksum(), "TCP checksum of a packet to the client");
+        if from_engine {
+            assert!(
+                t.payload().len() <= self.mss,
+                "segment {} > MSS {}",
+                t.payload().len(),
+                self.mss
+            );
+        }
+        for o in t.options_iterator() {
+            if let Ok(etherparse::TcpOptionElement::Timestamp(v, _)) = o {
+                // PAWS as the client runs it (RFC 7323 5.3, with Linux's
+                // one-tick tolerance): a segment older than TS.Recent is
+                // dropped; TS.Recent follows in-order segments only.
+                let carries_new = self.last_ack_sent.is_none_or(|a| {
+                    let end = t
+                        .sequence_number()
+                        .wrapping_add(t.payload().len() as u32 + u32::from(t.fin()));
+                    (end.wrapping_sub(a) as i32) > 0
+                });
+                if let Some(r) = self.ts_recent {
+                    // Only the engine's segments are ours to answer for:
+                    // the simulated network may delay the origin's own.
+                    if from_engine && carries_new && !t.rst() {
+                        assert!(
+                            (v.wrapping_sub(r) as i32) >= -1,
+                            "PAWS would drop: TSval {v} < TS.Recent {r}"
+                        );
+                    }
+                }
+                let in_order = self
+                    .last_ack_sent
+                    .is_none_or(|a| (t.sequence_number().wrapping_sub(a) as i32) <= 0);
+                let newer = self
+                    .ts_recent
+                    .is_none_or(|r| (v.wrapping_sub(r) as i32) >= 0);
+                if in_order && newer {
+                    self.ts_recent = Some(v);
+                }
+            }
+        }
+        if self.ts && !t.rst() && !t.syn() {
+            assert!(
+                t.options_iterator()
+                    .any(|o| matches!(o, Ok(etherparse::TcpOptionElement::Timestamp(..)))),
+                "timestamps missing"
+            );
+        }
+    }
+}
+
+fn trace(t: u64, what: &str, pkt: &[u8]) {
+    let Ok(meta) = parse_ip_tcp(pkt) else { return };
+    let Ok(tcp) = TcpPacket::new_checked(&pkt[meta.tcp_offset..meta.ip_len]) else {
+        return;
+    };
+    eprintln!(
+        "{:>10.3}ms {what:9} {:?} seq={} ack={} win={} len={} opts={:?}",
+        t as f64 / 1000.0,
+        tcp.flags(),
+        tcp.seq().0,
+        tcp.ack().0,
+        tcp.window(),
+        tcp.payload().len(),
+        tcp.option_iter()
+            .flatten()
+            .filter(|o| *o != TcpOption::Nop)
+            .collect::<Vec<_>>()
+    );
+}
+
+pub fn run(cfg: &SimConfig) -> SimReport {
+    let mut rng = SmallRng::seed_from_u64(cfg.seed);
+    let (client_ip, origin_ip): (IpAddress, IpAddress) = if cfg.ipv6 {
+        (
+            IpAddress::Ipv6(Ipv6Address::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 10)),
+            IpAddress::Ipv6(Ipv6Address::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 80)),
+        )
+    } else {
+        (
+            IpAddress::Ipv4(Ipv4Address::new(192, 0, 2, 10)),
+            IpAddress::Ipv4(Ipv4Address::new(203, 0, 113, 80)),
+        )
+    };
+    let hdr = if cfg.ipv6 { 60 } else { 40 };
+    let client_mtu = usize::from(cfg.client_mss) + hdr; // the client only sends small segments
+    let mut client = host(
+        client_ip,
+        client_mtu,
+        cfg.client_rx,
+        4096,
+        cfg.seed ^ 1,
+        cfg.timestamps,
+        false,
+    );
+    // smoltcp sizes segments as MTU - headers without counting the
+    // timestamp option, and drops what does not fit: give the origin slack.
+    let mut origin = host(
+        origin_ip,
+        1500 + 32,
+        4096,
+        256 * 1024,
+        cfg.seed ^ 2,
+        cfg.timestamps,
+        true,
+    );
+    let _ = (
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    );
+
+    origin
+        .sockets
+        .get_mut::<tcp::Socket>(origin.sock)
+        .listen(80)
+        .unwrap();
+    client
+        .sockets
+        .get_mut::<tcp::Socket>(client.sock)
+        .connect(client.iface.context(), (origin_ip, 80), 49152)
+        .unwrap();
+
+    let base = Instant::now();
+    let mut engine = Engine::new(cfg.engine.clone());
+    let mut heap: BinaryHeap<InFlight> = BinaryHeap::new();
+    let mut order = 0u64;
+    let mut t: u64 = 0; // virtual micros
+    let mut report = SimReport::default();
+    let mut monitor = ClientMonitor {
+        ts_recent: None,
+        last_ack_sent: None,
+        mss: usize::from(cfg.client_mss),
+        ts: cfg.timestamps,
+    };
+
+    // Application state.
+    let request = b"GET /big.bin HTTP/1.1\r\nHost: origin.example\r\nUser-Agent: sim\r\n\r\n";
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nETag: \"v1\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+        cfg.body_len
+    );
+    let mut req_sent = false;
+    let mut origin_req = Vec::new();
+    let mut origin_written: u64 = 0; // of head + body
+    let origin_total = head.len() as u64 + cfg.body_len;
+    let mut client_buf: Vec<u8> = Vec::new();
+    let mut client_head_len: Option<usize> = None;
+    let mut client_closed_sent = false;
+
+    // Daemon state.
+    let mut flow: Option<FlowId> = None;
+    let mut pieces: Vec<(u64, u64, u64)> = Vec::new(); // (arrival micros, offset, len)
+    let mut next_piece = 0usize;
+    let mut pool: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut withheld_at: Option<u64> = None;
+    let mut fail_called = false;
+    let mut tx_buf = Vec::new();
+    let mut last_delivered: (u64, u64) = (0, 0); // (delivered, time)
+
+    let delay_us = cfg.delay.as_micros() as u64;
+    let limit_us = cfg.limit.as_micros() as u64;
+
+    macro_rules! send_on_link {
+        ($to:expr, $data:expr) => {{
+            let data: Vec<u8> = $data;
+            if !rng.random_bool(cfg.loss) {
+                let mut at = t + delay_us + rng.random_range(0..=delay_us / 4);
+                if rng.random_bool(cfg.reorder) {
+                    at += rng.random_range(delay_us..=delay_us * 3);
+                }
+                if rng.random_bool(cfg.dup) {
+                    order += 1;
+                    heap.push(InFlight {
+                        at: at + rng.random_range(0..=delay_us),
+                        order,
+                        to: $to,
+                        data: data.clone(),
+                    });
+                }
+                order += 1;
+                heap.push(InFlight {
+                    at,
+                    order,
+                    to: $to,
+                    data,
+                });
+            }
+        }};
+    }
+
+    let mut steps: u64 = 0;
+    let mut stop_seen = false;
+    loop {
+        steps += 1;
+        NOW_MS.with(|c| c.set(t / 1000));
+        let snow = smoltcp::time::Instant::from_micros(t as i64);
+        let now = base + Duration::from_micros(t);
+
+        // 1. Deliver everything due.
+        while heap.peek().is_some_and(|p| p.at <= t) {
+            let p = heap.pop().unwrap();
+            match p.to {
+                Hop::ToClient => {
+                    if std::env::var_os("SIM_TRACE").is_some() {
+                        trace(t, "->client", &p.data);
+                    }
+                    client.dev.rx.push_back(p.data)
+                }
+                Hop::ToOrigin | Hop::ToOriginInjected => {
+                    if p.to == Hop::ToOriginInjected && !stop_seen && is_zero_window_ack(&p.data) {
+                        stop_seen = true;
+                    }
+                    if std::env::var_os("SIM_TRACE").is_some() {
+                        trace(t, "->origin", &p.data);
+                    }
+                    origin.dev.rx.push_back(p.data)
+                }
+                Hop::EngineFromClient | Hop::EngineFromOrigin => {
+                    let dir = if p.to == Hop::EngineFromClient {
+                        Direction::FromClient
+                    } else {
+                        Direction::FromOrigin
+                    };
+                    let mut data = p.data;
+                    if dir == Direction::FromClient && !cfg.sack {
+                        strip_sack_permitted(&mut data);
+                    }
+                    match engine.handle_packet(now, dir, &mut data) {
+                        Verdict::Accept => {}
+                        Verdict::AcceptModified { len } => data.truncate(len),
+                        Verdict::Drop => continue,
+                    }
+                    if dir == Direction::FromClient {
+                        send_on_link!(Hop::ToOrigin, data);
+                    } else {
+                        monitor.check(&data, false);
+                        send_on_link!(Hop::ToClient, data);
+                    }
+                }
+            }
+        }
+
+        // 2. Engine timers, events, pieces, output.
+        if engine.poll_timeout().is_some_and(|d| d <= now) {
+            engine.handle_timeout(now);
+        }
+        while let Some(ev) = engine.poll_event() {
+            match ev {
+                Event::ResponseHead {
+                    flow: f,
+                    request,
+                    response,
+                    body_len,
+                    pipelined,
+                    ..
+                } => {
+                    assert_eq!(request.method, "GET");
+                    assert_eq!(response.status, 200);
+                    assert_eq!(body_len, Some(cfg.body_len));
+                    assert!(!pipelined);
+                    let cut = engine.accelerate(now, f, cfg.cut).expect("accelerate");
+                    assert!(cut >= cfg.cut.min(cfg.body_len));
+                    report.cut = Some(cut);
+                    flow = Some(f);
+                    // Pieces after the cut, shuffled arrival times.
+                    let mut off = cut;
+                    let jitter = cfg.piece_jitter.as_micros() as u64;
+                    let mut list = Vec::new();
+                    let mut i = 0u64;
+                    while off < cfg.body_len {
+                        let len = (cfg.piece as u64).min(cfg.body_len - off);
+                        let arrival = t + i * 200 + rng.random_range(0..=jitter);
+                        if cfg.withhold.is_some_and(|w| w >= off && w < off + len) {
+                            withheld_at = Some(off);
+                        } else {
+                            list.push((arrival, off, len));
+                        }
+                        off += len;
+                        i += 1;
+                    }
+                    list.shuffle(&mut rng);
+                    list.sort_by_key(|p| p.0);
+                    pieces = list;
+                }
+                Event::CutDone { .. } => report.cut_done = true,
+                Event::Finished { .. } => report.finished = true,
+                Event::Failed { .. } => report.failed = true,
+                Event::FlowClosed { flow: f } => {
+                    if Some(f) == flow {
+                        report.flow_closed = true;
+                    }
+                }
+            }
+        }
+        if let Some(f) = flow {
+            // Pieces that arrived wait in a pool; push what the window
+            // takes (a piece past the window waits for the client's ACKs).
+            while next_piece < pieces.len() && pieces[next_piece].0 <= t {
+                let (_, off, len) = pieces[next_piece];
+                pool.push((off, (off..off + len).map(body_byte).collect::<Vec<u8>>()));
+                next_piece += 1;
+            }
+            let mut i = 0;
+            while i < pool.len() {
+                let (off, ref data) = pool[i];
+                match engine.push_piece(now, f, off, data) {
+                    Ok(()) => {
+                        pool.swap_remove(i);
+                    }
+                    Err(tandem_splice::SpliceError::PieceBeyondWindow { .. }) => i += 1,
+                    Err(
+                        tandem_splice::SpliceError::NotAccelerated
+                        | tandem_splice::SpliceError::UnknownFlow,
+                    ) => {
+                        pool.clear();
+                    }
+                    Err(e) => panic!("push_piece: {e}"),
+                }
+            }
+            // The withheld piece never comes: once nothing moves for 2 s
+            // after all other pieces are in, give up.
+            if withheld_at.is_some() && !fail_called {
+                let delivered = engine.flow_info(f).and_then(|i| i.delivered).unwrap_or(0);
+                if delivered != last_delivered.0 {
+                    last_delivered = (delivered, t);
+                } else if t - last_delivered.1 > 2_000_000
+                    && next_piece >= pieces.len()
+                    && pool.is_empty()
+                {
+                    engine.fail(now, f);
+                    fail_called = true;
+                }
+            }
+        }
+        while let Some(tr) = engine.poll_transmit(now, &mut tx_buf) {
+            assert_eq!(tr.len, tx_buf.len());
+            report.injected += 1;
+            match tr.to {
+                Destination::ToClient => {
+                    monitor.check(&tx_buf, true);
+                    send_on_link!(Hop::ToClient, tx_buf.clone());
+                }
+                Destination::ToOrigin => send_on_link!(Hop::ToOriginInjected, tx_buf.clone()),
+            }
+        }
+
+        // 3. Hosts.
+        client
+            .iface
+            .poll(snow, &mut client.dev, &mut client.sockets);
+        origin
+            .iface
+            .poll(snow, &mut origin.dev, &mut origin.sockets);
+
+        // Client application.
+        {
+            let s = client.sockets.get_mut::<tcp::Socket>(client.sock);
+            if s.may_send() && !req_sent {
+                s.send_slice(request).unwrap();
+                req_sent = true;
+            }
+            while s.can_recv() {
+                s.recv(|b| {
+                    client_buf.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            if client_head_len.is_none() {
+                if let Some(p) = client_buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    client_head_len = Some(p + 4);
+                }
+            }
+            if req_sent && !s.may_recv() && !client_closed_sent && s.state() != tcp::State::Closed {
+                // Normal close from the server side: EOF.
+                report.client_clean_close = true;
+                s.close();
+                client_closed_sent = true;
+            }
+            if req_sent && s.state() == tcp::State::Closed && !client_closed_sent {
+                report.client_reset = true;
+                client_closed_sent = true;
+            }
+        }
+        // Origin application.
+        {
+            let s = origin.sockets.get_mut::<tcp::Socket>(origin.sock);
+            if s.can_recv() {
+                s.recv(|b| {
+                    origin_req.extend_from_slice(b);
+                    (b.len(), ())
+                })
+                .unwrap();
+            }
+            if origin_req.windows(4).any(|w| w == b"\r\n\r\n")
+                && s.can_send()
+                && origin_written < origin_total
+            {
+                let n = s
+                    .send(|buf| {
+                        let mut n = 0;
+                        while n < buf.len() && origin_written + (n as u64) < origin_total {
+                            let i = origin_written + n as u64;
+                            buf[n] = if i < head.len() as u64 {
+                                head.as_bytes()[i as usize]
+                            } else {
+                                body_byte(i - head.len() as u64)
+                            };
+                            n += 1;
+                        }
+                        (n, n)
+                    })
+                    .unwrap();
+                origin_written += n as u64;
+            }
+        }
+        for p in std::mem::take(&mut client.dev.tx) {
+            if let Ok(meta) = parse_ip_tcp(&p) {
+                if let Ok(tcp) = TcpPacket::new_checked(&p[meta.tcp_offset..meta.ip_len]) {
+                    if tcp.flags().contains(TcpFlags::ACK) {
+                        monitor.last_ack_sent = Some(tcp.ack().0);
+                    }
+                }
+            }
+            send_on_link!(Hop::EngineFromClient, p);
+        }
+        for p in std::mem::take(&mut origin.dev.tx) {
+            if std::env::var_os("SIM_TRACE").is_some() {
+                trace(t, "origin->", &p);
+            }
+            if stop_seen {
+                report.origin_segments_after_cut += 1;
+            }
+            send_on_link!(Hop::EngineFromOrigin, p);
+        }
+
+        // 4. Done?
+        let cstate = client.sockets.get::<tcp::Socket>(client.sock).state();
+        let client_done =
+            client_closed_sent && matches!(cstate, tcp::State::Closed | tcp::State::TimeWait);
+        if client_done && (report.flow_closed || report.client_reset) && heap.is_empty() {
+            break;
+        }
+        if t > limit_us {
+            panic!(
+                "simulation did not finish in {:?}: client {:?} read {} state {cstate}, engine {:?}, report {report:?}",
+                cfg.limit,
+                client_head_len,
+                client_buf.len(),
+                flow.and_then(|f| engine.flow_info(f))
+            );
+        }
+
+        // 5. Advance virtual time to the next thing that happens.
+        let mut next = u64::MAX;
+        if let Some(p) = heap.peek() {
+            next = next.min(p.at);
+        }
+        if let Some(d) = engine.poll_timeout() {
+            next = next.min(d.saturating_duration_since(base).as_micros() as u64);
+        }
+        for h in [&mut client, &mut origin] {
+            if let Some(d) = h.iface.poll_at(snow, &h.sockets) {
+                next = next.min(d.total_micros() as u64);
+            }
+        }
+        if next_piece < pieces.len() {
+            next = next.min(pieces[next_piece].0);
+        }
+        if withheld_at.is_some() && !fail_called {
+            next = next.min(t + 100_000);
+        }
+        if client_done {
+            // Let the engine linger out and close the flow.
+            next = next.min(t + 1_000_000);
+        }
+        t = if next == u64::MAX {
+            t + 1_000_000
+        } else {
+            next.max(t + 1)
+        };
+    }
+    let _ = steps;
+
+    let head_len = client_head_len.expect("client saw the response head");
+    let body = &client_buf[head_len..];
+    report.received = body.len() as u64;
+    for (i, b) in body.iter().enumerate() {
+        assert_eq!(*b, body_byte(i as u64), "wrong byte at body offset {i}");
+    }
+    report.origin_state = origin
+        .sockets
+        .get::<tcp::Socket>(origin.sock)
+        .state()
+        .to_string();
+    report.virtual_time = Duration::from_micros(t);
+    report
+}
+
+/// Asserts the outcome of a download that must succeed.
+#[track_caller]
+pub fn assert_complete(cfg: &SimConfig, r: &SimReport) {
+    assert!(!r.client_reset, "client was reset: {r:?}");
+    assert_eq!(r.received, cfg.body_len, "{r:?}");
+    assert!(r.client_clean_close, "{r:?}");
+    assert!(r.cut_done && r.finished && !r.failed, "{r:?}");
+    assert!(r.flow_closed, "{r:?}");
+    // The origin was stopped: its connection ended by our RST (Closed),
+    // and it did not keep retransmitting in a loop after the cut.
+    assert_eq!(r.origin_state, "CLOSED", "{r:?}");
+    assert!(
+        r.origin_segments_after_cut < 20,
+        "origin kept sending: {r:?}"
+    );
+}
+
+/// Asserts the outcome of a download whose piece was withheld.
+#[track_caller]
+pub fn assert_reset(cfg: &SimConfig, r: &SimReport) {
+    assert!(r.client_reset, "client must be reset: {r:?}");
+    assert!(r.failed, "{r:?}");
+    let w = cfg.withhold.unwrap();
+    assert!(
+        r.received <= w,
+        "client got bytes past the missing piece: {r:?}"
+    );
+}

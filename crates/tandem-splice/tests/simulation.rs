@@ -1,0 +1,286 @@
+//! Fixed simulation cases: the engine between two smoltcp TCP stacks (see
+//! `sim/mod.rs`). Every case checks the client read exactly the body (or,
+//! with a withheld piece, a correct prefix and a reset), a clean close, and
+//! that the origin was stopped.
+
+mod sim;
+
+use std::time::Duration;
+
+use sim::{SimConfig, assert_complete, assert_reset, run};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+#[track_caller]
+fn case(cfg: SimConfig) -> sim::SimReport {
+    let r = run(&cfg);
+    if cfg.withhold.is_some() {
+        assert_reset(&cfg, &r)
+    } else {
+        assert_complete(&cfg, &r)
+    }
+    r
+}
+
+fn lossy(loss: f64) -> SimConfig {
+    SimConfig {
+        loss,
+        body_len: 512 * KIB,
+        ..SimConfig::default()
+    }
+}
+
+#[test]
+fn basic_ipv4() {
+    let r = case(SimConfig::default());
+    assert_eq!(r.cut, Some(100_000));
+}
+
+#[test]
+fn basic_ipv6() {
+    case(SimConfig {
+        ipv6: true,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn cut_at_zero() {
+    // The engine moves the cut to what the client already acknowledged.
+    let r = case(SimConfig {
+        cut: 0,
+        ..SimConfig::default()
+    });
+    assert!(r.cut.is_some());
+}
+
+#[test]
+fn cut_in_the_middle_of_a_segment() {
+    // Segments carry 1448 bytes (1460 - timestamps); the head is ~150
+    // bytes: offset 5000 + 777 is inside a segment.
+    case(SimConfig {
+        cut: 5777,
+        body_len: 64 * KIB,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn cut_at_the_last_byte() {
+    let n = 200 * KIB;
+    case(SimConfig {
+        cut: n - 1,
+        body_len: n,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn cut_at_the_end_only_fin_is_injected() {
+    let n = 100 * KIB;
+    case(SimConfig {
+        cut: n,
+        body_len: n,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn body_1kib() {
+    case(SimConfig {
+        body_len: KIB,
+        cut: 10,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn body_1mib() {
+    case(SimConfig {
+        body_len: MIB,
+        cut: 64 * KIB,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn body_64mib_large_scaled_window() {
+    case(SimConfig {
+        body_len: 64 * MIB,
+        cut: 3 * MIB + 17,
+        client_rx: 2 * 1024 * 1024,
+        piece: 256 * 1024,
+        delay: Duration::from_millis(1),
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn loss_1_percent() {
+    for seed in 1..=3 {
+        case(SimConfig {
+            seed,
+            ..lossy(0.01)
+        });
+    }
+}
+
+#[test]
+fn loss_5_percent() {
+    for seed in 1..=3 {
+        case(SimConfig {
+            seed,
+            ..lossy(0.05)
+        });
+    }
+}
+
+#[test]
+fn loss_5_percent_without_sack() {
+    for seed in 4..=5 {
+        case(SimConfig {
+            seed,
+            sack: false,
+            ..lossy(0.05)
+        });
+    }
+}
+
+#[test]
+fn reordering() {
+    case(SimConfig {
+        reorder: 0.1,
+        body_len: 512 * KIB,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn duplication() {
+    case(SimConfig {
+        dup: 0.1,
+        body_len: 512 * KIB,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn loss_reorder_and_duplication_together() {
+    case(SimConfig {
+        loss: 0.02,
+        reorder: 0.05,
+        dup: 0.05,
+        body_len: 512 * KIB,
+        seed: 9,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn small_client_window_4kib() {
+    case(SimConfig {
+        client_rx: 4096,
+        body_len: 256 * KIB,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn small_window_with_loss() {
+    case(SimConfig {
+        client_rx: 4096,
+        loss: 0.05,
+        body_len: 128 * KIB,
+        cut: 30_000,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn timestamps_off() {
+    case(SimConfig {
+        timestamps: false,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn timestamps_off_with_loss() {
+    case(SimConfig {
+        timestamps: false,
+        ..lossy(0.03)
+    });
+}
+
+#[test]
+fn sack_off() {
+    case(SimConfig {
+        sack: false,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn mss_536() {
+    case(SimConfig {
+        client_mss: 536,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn mss_536_ipv6_lossy_no_sack() {
+    case(SimConfig {
+        client_mss: 536,
+        ipv6: true,
+        sack: false,
+        ..lossy(0.03)
+    });
+}
+
+#[test]
+fn ipv6_lossy_reordered_small_window() {
+    case(SimConfig {
+        ipv6: true,
+        client_rx: 4096,
+        reorder: 0.05,
+        ..lossy(0.02)
+    });
+}
+
+#[test]
+fn small_buffer_window_back_pressure() {
+    // The engine holds at most 64 KiB of pieces; the harness must wait.
+    let mut cfg = SimConfig {
+        body_len: MIB,
+        ..SimConfig::default()
+    };
+    cfg.engine.buffer_window = 64 * 1024;
+    case(cfg);
+}
+
+#[test]
+fn withheld_piece_resets_the_client() {
+    case(SimConfig {
+        withhold: Some(150_000),
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn withheld_piece_with_loss_ipv6() {
+    case(SimConfig {
+        withhold: Some(300_000),
+        ipv6: true,
+        ..lossy(0.05)
+    });
+}
+
+#[test]
+fn withheld_first_piece_after_the_cut() {
+    case(SimConfig {
+        withhold: Some(100_000),
+        ..SimConfig::default()
+    });
+}
