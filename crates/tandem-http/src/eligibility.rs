@@ -70,6 +70,9 @@ pub enum PassReason {
     HasAuthorization,
     /// The request asks for a protocol upgrade or `Expect`s something.
     Upgrade,
+    /// The request carries a body (`Content-Length` other than 0, or
+    /// `Transfer-Encoding`): a GET with a body is not a plain download.
+    RequestBody,
     /// The response status is not 200.
     Status(u16),
     /// The response has a `Transfer-Encoding`.
@@ -106,6 +109,7 @@ impl PassReason {
             PassReason::HasCookie => "has_cookie",
             PassReason::HasAuthorization => "has_authorization",
             PassReason::Upgrade => "upgrade",
+            PassReason::RequestBody => "request_body",
             PassReason::Status(_) => "status",
             PassReason::TransferEncoding => "transfer_encoding",
             PassReason::ContentEncoding => "content_encoding",
@@ -121,7 +125,7 @@ impl PassReason {
 
     /// Every name [`PassReason::as_str`] can return, for pre-registering
     /// metric counters.
-    pub const ALL_NAMES: [&'static str; 17] = [
+    pub const ALL_NAMES: [&'static str; 18] = [
         "not_get",
         "not_http11",
         "has_range",
@@ -129,6 +133,7 @@ impl PassReason {
         "has_cookie",
         "has_authorization",
         "upgrade",
+        "request_body",
         "status",
         "transfer_encoding",
         "content_encoding",
@@ -194,6 +199,10 @@ fn check(
     }
     if rh.contains("upgrade") || rh.contains("expect") {
         return Err(PassReason::Upgrade);
+    }
+    let body_len = rh.get_all("content-length").any(|v| trim_ows(v) != b"0");
+    if body_len || rh.contains("transfer-encoding") {
+        return Err(PassReason::RequestBody);
     }
 
     let h = &resp.headers;
@@ -429,6 +438,27 @@ mod tests {
     }
 
     #[test]
+    fn request_body() {
+        let g = resp(GOOD_RESP);
+        assert_eq!(
+            pass(&req_with("Content-Length: 5"), &g),
+            PassReason::RequestBody
+        );
+        assert_eq!(
+            pass(&req_with("Transfer-Encoding: chunked"), &g),
+            PassReason::RequestBody
+        );
+        assert!(matches!(
+            decide(
+                &req_with("Content-Length: 0"),
+                &g,
+                &EligibilityConfig::default()
+            ),
+            Decision::Accelerate { .. }
+        ));
+    }
+
+    #[test]
     fn status() {
         for code in ["206", "304", "404", "302", "500"] {
             let r = resp_sub("200 OK", &format!("{code} X"));
@@ -576,6 +606,7 @@ mod tests {
             PassReason::HasCookie,
             PassReason::HasAuthorization,
             PassReason::Upgrade,
+            PassReason::RequestBody,
             PassReason::Status(404),
             PassReason::TransferEncoding,
             PassReason::ContentEncoding,

@@ -2,7 +2,8 @@
 
 use proptest::prelude::*;
 use tandem_http::{
-    ContentRange, Parse, RangeHeader, RequestHead, ResponseHead, Validator, range_request,
+    ContentRange, Decision, EligibilityConfig, Parse, RangeHeader, RequestHead, ResponseHead,
+    Validator, decide, range_request,
 };
 
 fn token() -> impl Strategy<Value = String> {
@@ -136,5 +137,55 @@ proptest! {
         let spec = RangeHeader::parse(head.headers.get("range").unwrap());
         let RangeHeader::Single(spec) = spec else { panic!("ignored") };
         prop_assert_eq!(spec.resolve(u64::MAX), Some(start..end));
+    }
+
+    #[test]
+    fn decide_never_panics_and_accelerates_only_sound_downloads(
+        req_extra in prop::collection::vec((prop::sample::select(vec!["Range", "Cookie", "Authorization", "If-None-Match", "User-Agent", "Content-Length", "Expect"]), prop::sample::select(vec!["bytes=0-", "0", "5", "a=b", "\"v\""])), 0..2),
+        keep in prop::collection::vec(prop::bool::weighted(0.9), 7),
+        resp_extra in prop::collection::vec((prop::sample::select(vec!["Content-Length", "Accept-Ranges", "ETag", "Last-Modified", "Date", "Content-Type", "Transfer-Encoding", "Content-Encoding", "Content-Range"]), prop::sample::select(vec!["bytes", "\"v\"", "W/\"v\"", "video/mp4", "text/html", "chunked", "gzip", "identity", "5000000", "12", "x", "Sun, 06 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 1994 08:49:38 GMT", "0"])), 0..2),
+        method in prop::sample::select(vec!["GET", "GET", "GET", "HEAD", "POST"]),
+        status in prop::sample::select(vec![200u16, 200, 200, 206, 304, 404]),
+    ) {
+        let mut r = format!("{method} / HTTP/1.1\r\nHost: h\r\n");
+        for (n, v) in &req_extra { r.push_str(&format!("{n}: {v}\r\n")); }
+        r.push_str("\r\n");
+        let base = [
+            ("Content-Length", "5000000"),
+            ("Accept-Ranges", "bytes"),
+            ("ETag", "\"v1\""),
+            ("Last-Modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("Date", "Sun, 06 Nov 1994 08:49:38 GMT"),
+            ("Content-Type", "video/mp4"),
+            ("Server", "x"),
+        ];
+        let mut s = format!("HTTP/1.1 {status} X\r\n");
+        for ((n, v), k) in base.iter().zip(&keep) {
+            if *k { s.push_str(&format!("{n}: {v}\r\n")); }
+        }
+        for (n, v) in &resp_extra { s.push_str(&format!("{n}: {v}\r\n")); }
+        s.push_str("\r\n");
+        let Parse::Complete { head: req, .. } = RequestHead::parse(r.as_bytes()).unwrap() else { panic!("partial") };
+        let Parse::Complete { head: resp, .. } = ResponseHead::parse(s.as_bytes()).unwrap() else { panic!("partial") };
+        let cfg = EligibilityConfig::default();
+        let decision = decide(&req, &resp, &cfg);
+        if let Decision::Accelerate { body_len, validator } = decision {
+            prop_assert_eq!(req.method.as_str(), "GET");
+            prop_assert_eq!(resp.status, 200);
+            prop_assert!(body_len >= cfg.min_size);
+            prop_assert_eq!(resp.content_length(), Ok(Some(body_len)));
+            prop_assert!(resp.headers.has_token("accept-ranges", "bytes"));
+            for h in ["range", "cookie", "authorization", "if-none-match", "expect"] {
+                prop_assert!(!req.headers.contains(h), "{}", h);
+            }
+            prop_assert!(req.headers.get_all("content-length").all(|v| v == b"0"));
+            prop_assert!(!resp.headers.contains("transfer-encoding"));
+            prop_assert!(!resp.headers.contains("content-range"));
+            prop_assert!(resp.headers.get_all("content-encoding").all(|v| v == b"identity"));
+            prop_assert!(tandem_http::content_type_matches(resp.headers.get_str("content-type").unwrap_or(""), &cfg.content_types));
+            prop_assert_eq!(Some(validator), resp.validator());
+        } else if method == "GET" && status == 200 && req_extra.is_empty() && resp_extra.is_empty() && keep[..6].iter().all(|&k| k) {
+            prop_assert!(false, "a sound download was passed through: {:?}", decision);
+        }
     }
 }
