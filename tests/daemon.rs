@@ -325,3 +325,47 @@ fn daemon_killed_mid_download_never_corrupts_or_leaks() {
     let pcap = cap.stop().unwrap();
     capture::check_no_lan_source(&pcap).unwrap();
 }
+
+/// The project's real firewall rules (`tandem rules iptables`) on A with no
+/// daemon bound to the queue: downloads still work (fail-open through
+/// `--queue-bypass`), byte-identical, and nothing LAN-addressed leaves A's WAN.
+/// Needs only the tandem binary, not the daemon runtime.
+#[test]
+#[ignore = "needs the tandem binary (`cargo build -p tandem`, or TANDEM_EXE)"]
+fn real_rules_without_daemon_fail_open() {
+    use tandem_lab::daemon::{install_rules, lab_spec, write_config};
+    require_root();
+    let topo = Topology::build(TopologySpec::pair(delay_command())).unwrap();
+    let dir = topo.workdir().join("daemons");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Placeholder keys: the rules do not depend on them.
+    let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".to_string();
+    std::fs::write(dir.join("key-a"), &key).unwrap();
+    let spec = lab_spec(&topo, 0, &dir, &[key.clone(), key], 1 << 20);
+    let conf = write_config(&topo, &spec).unwrap();
+    install_rules(&topo, &tandem_exe(), 0, &conf).unwrap();
+    let (www, file) = www_with_file(&topo, "video.mp4", 4 * MIB, 9);
+    let _origin = start_origin(&topo, &tandem_origin(), &www).unwrap();
+    let cap = Capture::start(&topo, &topo.router_ns(0), "wan0", "a-wan", None).unwrap();
+    let got = topo.workdir().join("got.mp4");
+    let url = format!("http://{ORIGIN_IP}/video.mp4");
+    download(&topo, 0, Tool::Curl, &url, &got, Duration::from_secs(120)).unwrap();
+    let pcap = cap.stop().unwrap();
+    assert_same_bytes(&file, &got).unwrap();
+    capture::check_no_lan_source(&pcap).unwrap();
+    capture::check_expert(&pcap).unwrap();
+    let rules = topo
+        .exec(
+            &topo.router_ns(0),
+            &[
+                "iptables", "-w", "-t", "mangle", "-L", "TANDEM", "-v", "-n", "-x",
+            ],
+        )
+        .unwrap();
+    let queued: u64 = rules
+        .lines()
+        .filter(|l| l.contains("NFQUEUE"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(queued > 0, "no packet met a queue rule:\n{rules}");
+}

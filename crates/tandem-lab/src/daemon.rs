@@ -125,6 +125,79 @@ fn is_b64(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'='
 }
 
+/// The [`DaemonSpec`] of router `i` in a lab topology: key and status
+/// socket in `dir`, `lan0`/`wan0`, the topology's uplink rate, one
+/// `[[peer]]` per direct mesh neighbour (at its mesh address, with
+/// `pubkeys[j]`).
+pub fn lab_spec(
+    topo: &Topology,
+    i: usize,
+    dir: &Path,
+    pubkeys: &[String],
+    min_size: u64,
+) -> DaemonSpec {
+    let spec = topo.spec();
+    let uplink = spec.down.map(|r| r.as_mbit()).unwrap_or(1000.0);
+    let link = spec.mesh_rate.map(|r| r.as_mbit()).unwrap_or(1000.0);
+    let me = router_letter(i);
+    let peers = (0..spec.routers)
+        .filter_map(|j| {
+            let addr = topo.mesh_ip(j, i)?;
+            Some(PeerSpec {
+                name: router_letter(j).to_string(),
+                address: SocketAddr::from((addr, PEER_PORT)),
+                public_key: pubkeys.get(j).cloned().unwrap_or_default(),
+                link_mbit: link,
+                rate_mbit: Some(uplink),
+            })
+        })
+        .collect();
+    DaemonSpec {
+        name: me.to_string(),
+        private_key_file: dir.join(format!("key-{me}")),
+        listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, PEER_PORT)),
+        lan: vec!["lan0".into()],
+        wan: vec!["wan0".into()],
+        uplink_mbit: uplink,
+        queue: DAEMON_QUEUE,
+        min_size,
+        status_socket: dir.join(format!("status-{me}.sock")),
+        peers,
+    }
+}
+
+/// Writes `d` as `tandem-<name>.toml` next to its key file; returns the path.
+pub fn write_config(_topo: &Topology, d: &DaemonSpec) -> Result<PathBuf> {
+    let dir = d
+        .private_key_file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    std::fs::create_dir_all(&dir)?;
+    let conf = dir.join(format!("tandem-{}.toml", d.name));
+    std::fs::write(&conf, daemon_config(d))?;
+    Ok(conf)
+}
+
+/// Installs `tandem rules iptables --config <conf>` (its `start`) in router
+/// `i`'s namespace.
+pub fn install_rules(topo: &Topology, exe: &Path, i: usize, conf: &Path) -> Result<()> {
+    let me = router_letter(i);
+    let script = netns::run(
+        Command::new(exe)
+            .args(["rules", "iptables", "--config"])
+            .arg(conf),
+    )?;
+    let path = conf.with_file_name(format!("rules-{me}.sh"));
+    std::fs::write(&path, &script.stdout)?;
+    topo.exec(
+        &topo.router_ns(i),
+        &[OsStr::new("sh"), path.as_os_str(), OsStr::new("start")],
+    )
+    .with_context(|| format!("installing tandem rules on {me}"))?;
+    Ok(())
+}
+
 /// Daemons running on some routers of a topology.
 pub struct Daemons {
     procs: Vec<(usize, Proc)>,
@@ -171,52 +244,14 @@ impl Daemons {
             let key = dir.join(format!("key-{}", router_letter(i)));
             pubkeys.push(keygen(exe, &key)?);
         }
-        let uplink = spec.down.map(|r| r.as_mbit()).unwrap_or(1000.0);
-        let link = spec.mesh_rate.map(|r| r.as_mbit()).unwrap_or(1000.0);
         let mut procs = Vec::new();
         for &i in routers {
             let me = router_letter(i);
-            let peers = (0..spec.routers)
-                .filter_map(|j| {
-                    let addr = topo.mesh_ip(j, i)?;
-                    Some(PeerSpec {
-                        name: router_letter(j).to_string(),
-                        address: SocketAddr::from((addr, PEER_PORT)),
-                        public_key: pubkeys[j].clone(),
-                        link_mbit: link,
-                        rate_mbit: Some(uplink),
-                    })
-                })
-                .collect();
-            let d = DaemonSpec {
-                name: me.to_string(),
-                private_key_file: dir.join(format!("key-{me}")),
-                listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, PEER_PORT)),
-                lan: vec!["lan0".into()],
-                wan: vec!["wan0".into()],
-                uplink_mbit: uplink,
-                queue: DAEMON_QUEUE,
-                min_size: opts.min_size,
-                status_socket: dir.join(format!("status-{me}.sock")),
-                peers,
-            };
-            let conf = dir.join(format!("tandem-{me}.toml"));
-            std::fs::write(&conf, daemon_config(&d))?;
-            let ns = topo.router_ns(i);
+            let conf = write_config(topo, &lab_spec(topo, i, &dir, &pubkeys, opts.min_size))?;
             if opts.install_rules {
-                let script = netns::run(
-                    Command::new(exe)
-                        .args(["rules", "iptables", "--config"])
-                        .arg(&conf),
-                )?;
-                let path = dir.join(format!("rules-{me}.sh"));
-                std::fs::write(&path, &script.stdout)?;
-                topo.exec(
-                    &ns,
-                    &[OsStr::new("sh"), path.as_os_str(), OsStr::new("start")],
-                )
-                .with_context(|| format!("installing tandem rules on {me}"))?;
+                install_rules(topo, exe, i, &conf)?;
             }
+            let ns = topo.router_ns(i);
             let p = topo.spawn(
                 &ns,
                 &format!("daemon-{me}"),
