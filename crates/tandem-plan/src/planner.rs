@@ -110,6 +110,10 @@ pub struct PlannerConfig {
     pub endgame_margin: Duration,
     /// Maximum live copies of the same bytes (original + duplicates).
     pub max_copies: usize,
+    /// Dynamic policy: a busy source silent for this long (plus four of its
+    /// expected gaps between data reports) is suspect, and its pieces are
+    /// duplicated by faster sources before any fresh piece is handed out.
+    pub suspect_silence: Duration,
     /// The cut is at least this far ahead of the original flow's position.
     pub min_cut_lead: u64,
     /// Extra time allowed on top of the quickest peer's first-byte latency
@@ -139,6 +143,7 @@ impl Default for PlannerConfig {
             rate_sample_interval: Duration::from_millis(100),
             endgame_margin: Duration::from_millis(50),
             max_copies: 2,
+            suspect_silence: Duration::from_millis(500),
             min_cut_lead: 64 << 10,
             cut_margin: Duration::from_millis(20),
             max_sources: 64,
@@ -356,6 +361,11 @@ struct Source {
     /// Silence is measured from here (last data, or expected first byte).
     quiet_since: Duration,
     consecutive_failures: u32,
+    /// EWMA of the bytes per data report.
+    report_bytes: f64,
+    /// Silence accumulated when its pieces were taken over by other copies;
+    /// carried into its next assignment.
+    carried_silence: Duration,
     /// Stalls with no data in between.
     stalls_in_a_row: u32,
     /// Stalled before and has not delivered since.
@@ -489,6 +499,8 @@ impl Planner {
             outstanding: VecDeque::new(),
             quiet_since: now,
             consecutive_failures: 0,
+            report_bytes: 16384.0,
+            carried_silence: Duration::ZERO,
             stalls_in_a_row: 0,
             probation: false,
             bytes_received: 0,
@@ -621,7 +633,7 @@ impl Planner {
         if let Some(n) = self.prop.next_round.as_mut() {
             *n = (*n).max(actual);
         }
-        self.cancel_obsolete();
+        self.cancel_obsolete(now);
         self.check_complete();
         Ok(())
     }
@@ -713,6 +725,8 @@ impl Planner {
             s.est.on_bytes(len, now);
             s.quiet_since = now;
             s.consecutive_failures = 0;
+            s.report_bytes = 0.8 * s.report_bytes + 0.2 * len as f64;
+            s.carried_silence = Duration::ZERO;
             s.stalls_in_a_row = 0;
             s.probation = false;
             s.bytes_received += len;
@@ -720,7 +734,7 @@ impl Planner {
         if done {
             self.finish_piece(piece);
         }
-        self.cancel_obsolete();
+        self.cancel_obsolete(now);
         self.check_complete();
         Ok(())
     }
@@ -993,7 +1007,12 @@ impl Planner {
         }
         if let Some(s) = self.sources.get_mut(source.0 as usize) {
             if s.outstanding.is_empty() {
-                s.quiet_since = now.saturating_add(s.spec.rtt);
+                // Silence a source carried when its last pieces were taken
+                // over counts on: a dead source does not look fresh again.
+                s.quiet_since = now
+                    .saturating_add(s.spec.rtt)
+                    .saturating_sub(s.carried_silence);
+                s.carried_silence = Duration::ZERO;
             }
             s.outstanding.push_back(id);
         }
@@ -1026,16 +1045,31 @@ impl Planner {
     }
 
     /// Cancel every live piece whose unreceived bytes are all covered.
-    fn cancel_obsolete(&mut self) {
+    /// A suspect holder whose piece another copy finished is stalled: it
+    /// must not get fresh work just because its queue emptied.
+    fn cancel_obsolete(&mut self, now: Duration) {
         let obsolete: Vec<PieceId> = self
             .pieces
             .iter()
             .filter(|(_, p)| self.filled.contains_range(&p.unreceived()))
             .map(|(id, _)| *id)
             .collect();
+        let mut suspects = Vec::new();
         for id in obsolete {
             if let Some(p) = self.pieces.get(&id) {
                 let (source, range) = (p.source, p.range.clone());
+                if self
+                    .sources
+                    .get(source.0 as usize)
+                    .is_some_and(|s| self.is_suspect(s, now))
+                    && !suspects.contains(&source)
+                {
+                    suspects.push(source);
+                }
+                if let Some(s) = self.sources.get_mut(source.0 as usize) {
+                    let silent = now.saturating_sub(s.quiet_since);
+                    s.carried_silence = s.carried_silence.max(silent);
+                }
                 self.finish_piece(id);
                 self.stats.pieces_cancelled += 1;
                 self.events.push_back(PlanEvent::Cancel {
@@ -1044,6 +1078,9 @@ impl Planner {
                     range,
                 });
             }
+        }
+        for source in suspects {
+            self.stall_source(source, now);
         }
     }
 
@@ -1118,11 +1155,31 @@ impl Planner {
         if s.outstanding.is_empty() {
             return est;
         }
-        let silent = now.saturating_sub(s.quiet_since);
-        let excess = silent
-            .saturating_sub(self.config.silence_grace)
-            .as_secs_f64();
+        let silent = now.saturating_sub(s.quiet_since).as_secs_f64();
+        let grace = self.config.silence_grace.as_secs_f64() + 2.0 * self.report_gap(s);
+        let excess = (silent - grace).max(0.0);
         est / (1.0 + excess / self.config.rate_time_constant.as_secs_f64().max(1e-3))
+    }
+
+    /// Seconds expected between two data reports of `s` at its estimated
+    /// rate (a slow source reporting in large chunks is not silent).
+    fn report_gap(&self, s: &Source) -> f64 {
+        let est = s.est.estimate().bytes_per_sec();
+        if est > 0.0 {
+            (s.report_bytes / est).min(60.0)
+        } else {
+            0.0
+        }
+    }
+
+    /// Busy and silent for longer than `suspect_silence` (plus four
+    /// expected report gaps): probably dying.
+    fn is_suspect(&self, s: &Source, now: Duration) -> bool {
+        if s.outstanding.is_empty() || s.state != SourceState::Active {
+            return false;
+        }
+        let silent = now.saturating_sub(s.quiet_since).as_secs_f64();
+        silent > self.config.suspect_silence.as_secs_f64() + 4.0 * self.report_gap(s)
     }
 
     /// Seconds from `now` until a request sent now to `s` would start
@@ -1208,6 +1265,11 @@ impl Planner {
     }
 
     fn dynamic_pick(&mut self, source: SourceId, now: Duration) -> Option<(Range<u64>, bool)> {
+        // A silent (probably dying) holder's pieces first: they block
+        // in-order delivery long before the window fills.
+        if let Some(dup) = self.endgame_pick(source, now, true) {
+            return Some(dup);
+        }
         let floor = self.plan_floor();
         let hi = self.window_end();
         let claimed = self.claimed();
@@ -1259,13 +1321,18 @@ impl Planner {
             let size = size.min(gap_len);
             return Some((gap_start..gap_start + size, false));
         }
-        self.endgame_pick(source, now)
+        self.endgame_pick(source, now, false)
     }
 
     /// Nothing unclaimed in the window: duplicate, in delivery order, the
     /// first live piece of another source that this source is expected to
     /// finish at least `endgame_margin` earlier.
-    fn endgame_pick(&self, source: SourceId, now: Duration) -> Option<(Range<u64>, bool)> {
+    fn endgame_pick(
+        &self,
+        source: SourceId,
+        now: Duration,
+        only_suspects: bool,
+    ) -> Option<(Range<u64>, bool)> {
         let me = self.sources.get(source.0 as usize)?;
         let my_rate = self.effective_rate(me, now);
         if my_rate <= 0.0 {
@@ -1285,7 +1352,18 @@ impl Planner {
             if p.source == source || p.remaining() == 0 {
                 continue;
             }
+            if only_suspects
+                && !self
+                    .sources
+                    .get(p.source.0 as usize)
+                    .is_some_and(|h| self.is_suspect(h, now))
+            {
+                continue;
+            }
             let tail = p.unreceived();
+            if only_suspects && tail.start >= self.window_end() {
+                continue;
+            }
             if mine.iter().any(|m| overlaps(m, &tail)) {
                 continue;
             }
@@ -1296,6 +1374,10 @@ impl Planner {
                 .count();
             if copies >= self.config.max_copies {
                 continue;
+            }
+            if only_suspects {
+                // The holder is probably dying: any live source does better.
+                return Some((tail, true));
             }
             let holder_eta = self.holder_eta(*id, p, now);
             let my_eta = my_ready + p.remaining() as f64 / my_rate;

@@ -663,3 +663,48 @@ fn extreme_inputs_do_not_panic() {
     let _ = p.source_gone(b, Duration::MAX);
     while p.poll_event().is_some() {}
 }
+
+#[test]
+fn a_silent_holder_is_duplicated_and_stalled_without_waiting_for_the_timer() {
+    let cfg = PlannerConfig::default();
+    let mut p = Planner::new(0..64 * MIB, cfg.clone()).unwrap();
+    let a = p
+        .add_source(SourceSpec::local(mbit(20.0), ms(20)), ms(0))
+        .unwrap();
+    let dead = p
+        .add_source(SourceSpec::peer(mbit(20.0), mbit(54.0), ms(20)), ms(0))
+        .unwrap();
+    let d1 = p.next_assignment(dead, ms(0)).unwrap();
+    // `dead` delivers 1 kB, then nothing; `a` delivers everything it gets
+    // (duplicates included) 50 ms after asking.
+    p.on_piece_data(d1.piece, 1000, ms(30)).unwrap();
+    let mut have = RangeSet::new();
+    have.insert(d1.range.start..d1.range.start + 1000);
+    let mut now = ms(0);
+    let mut stalled_at = None;
+    let mut dups = 0;
+    while now < ms(3000) && stalled_at.is_none() {
+        let batch = drain(&mut p, a, now);
+        let _ = drain(&mut p, dead, now);
+        now += ms(50);
+        for x in &batch {
+            dups += usize::from(x.duplicate);
+            deliver(&mut p, &mut have, x, now);
+        }
+        if events(&mut p).contains(&PlanEvent::SourceStalled { source: dead }) {
+            stalled_at = Some(now);
+        }
+    }
+    let at = stalled_at.expect("the dead source is stalled");
+    assert!(dups >= 1);
+    // Before the stall timer (2 s after its last byte) would have fired.
+    assert!(at < ms(30) + cfg.stall_timeout, "{at:?}");
+    assert!(
+        p.cursor() > d1.range.end,
+        "delivery went past the dead piece"
+    );
+    assert!(
+        p.next_assignment(dead, at).is_none(),
+        "no fresh work for the dead source"
+    );
+}

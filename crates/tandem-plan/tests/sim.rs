@@ -308,3 +308,27 @@ fn a_shared_channel_is_measured_not_assumed() {
     assert!(d.completion.unwrap() < p.completion.unwrap());
     assert!(d.efficiency() > 0.9, "{}", d.efficiency());
 }
+
+#[test]
+fn a_dying_neighbour_is_handled_whatever_the_piece_size() {
+    // Regression: with some piece sizes a dead neighbour's pieces were
+    // rescued by duplicates, its queue emptied, and it was handed fresh
+    // pieces that blocked delivery again (91 % of ideal).
+    let sc = standard_scenarios(32 * MIB)
+        .into_iter()
+        .find(|s| s.name.contains("dies"))
+        .unwrap();
+    for ms in [50u64, 100, 150, 200, 250, 400] {
+        let cfg = PlannerConfig {
+            target_piece_time: Duration::from_millis(ms),
+            ..PlannerConfig::default()
+        };
+        let r = run_download(&sc, Policy::Dynamic, AdvertRule::CappedSum, &cfg);
+        assert!(
+            r.efficiency() > 0.97,
+            "{ms} ms: {} {:?}",
+            r.efficiency(),
+            r.stats
+        );
+    }
+}
