@@ -206,6 +206,8 @@ pub(crate) struct Flow {
     last_origin_ack: Option<Instant>,
     pending: u8,
     rst_client_budget: u8,
+    /// RSTs sent to the origin (repeated: one may be lost on the WAN).
+    rst_origin_sent: u8,
     /// When to repeat the RST to the client (it may be lost).
     rst_timer: Option<Instant>,
     linger_until: Option<Instant>,
@@ -268,6 +270,7 @@ impl Flow {
             last_origin_ack: None,
             pending: 0,
             rst_client_budget: 0,
+            rst_origin_sent: 0,
             rst_timer: None,
             linger_until: None,
         }
@@ -651,6 +654,7 @@ impl Flow {
         }
         if !self.origin_gone {
             self.pending |= pending::RST_ORIGIN;
+            self.rst_timer = Some(now + cfg.min_rto);
         }
         self.linger_until = Some(now + cfg.linger);
         if !was_finished {
@@ -793,8 +797,9 @@ impl Flow {
         let pure = seg.payload_len == 0
             && !seg.flags.contains(TcpFlags::SYN)
             && !seg.flags.contains(TcpFlags::FIN);
+        let origin_sent = self.offset_of(self.origin_max, reference).max(0) as u64;
         if let Some(sender) = self.sender.as_mut() {
-            let out = sender.on_ack(now, ack as u64, window, &sacks[..n], pure);
+            let out = sender.on_ack(now, ack as u64, window, &sacks[..n], pure, origin_sent);
             if out.invalid {
                 tracing::trace!(flow = self.id.0, ack, "client acked unsent data");
             }
@@ -909,6 +914,7 @@ impl Flow {
         if !self.origin_gone {
             self.pending |= pending::RST_ORIGIN;
             self.pending &= !pending::ACK_ORIGIN;
+            self.rst_timer = Some(now + cfg.min_rto);
         }
         self.linger_until = Some(now + cfg.linger);
     }
@@ -920,7 +926,7 @@ impl Flow {
             FlowState::Streaming | FlowState::Injecting => {
                 self.sender.as_ref().and_then(|s| s.poll_timeout())
             }
-            FlowState::Failed => self.rst_timer,
+            FlowState::Failed | FlowState::Closed => self.rst_timer,
             _ => None,
         };
         match (s, self.linger_until) {
@@ -937,14 +943,18 @@ impl Flow {
     ) -> After {
         if let Some(t) = self.rst_timer {
             if now >= t {
+                // An RST may have been lost: repeat it (an endpoint that got
+                // it has no connection left and ignores the copy).
+                let mut again = false;
                 if self.rst_client_budget > 0 && self.state == FlowState::Failed {
-                    // The RST may have been lost: repeat it (a client that
-                    // got it ignores the copy), backing off.
                     self.pending |= pending::RST_CLIENT;
-                    self.rst_timer = Some(now + (now - t + cfg.min_rto) * 2);
-                } else {
-                    self.rst_timer = None;
+                    again = true;
                 }
+                if (1..3).contains(&self.rst_origin_sent) && !self.origin_gone {
+                    self.pending |= pending::RST_ORIGIN;
+                    again = true;
+                }
+                self.rst_timer = again.then_some(now + cfg.min_rto * 2);
             }
         }
         if let Some(t) = self.linger_until {
@@ -1077,13 +1087,16 @@ impl Flow {
         }
         if self.pending & pending::RST_ORIGIN != 0 {
             self.pending &= !(pending::RST_ORIGIN | pending::ACK_ORIGIN);
-            self.origin_gone = true;
+            self.rst_origin_sent = self.rst_origin_sent.saturating_add(1);
             let seg = self.segment_to_origin(TcpFlags::RST.with(TcpFlags::ACK), 0);
             seg.emit(buf);
             return Some(Destination::ToOrigin);
         }
         if self.pending & pending::ACK_ORIGIN != 0 {
             self.pending &= !pending::ACK_ORIGIN;
+            if self.rst_origin_sent > 0 || self.origin_gone {
+                return self.poll_transmit(now, buf, scratch);
+            }
             self.last_origin_ack = Some(now);
             self.stop_ack = self.stop_ack.max_of(self.origin_max);
             let seg = self.segment_to_origin(TcpFlags::ACK, 0);

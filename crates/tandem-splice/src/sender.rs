@@ -260,8 +260,9 @@ impl Sender {
 
     /// Processes the ACK fields of a client segment: `ack` as a body offset
     /// (`body_len + 1` covers the FIN), the scaled window in bytes, the SACK
-    /// blocks as body offsets, and whether the segment carried anything
-    /// besides the ACK (data, SYN, FIN: then it is not a duplicate ACK).
+    /// blocks as body offsets, whether the segment carried anything
+    /// besides the ACK (data, SYN, FIN: then it is not a duplicate ACK), and
+    /// the end of the body bytes the origin sent itself.
     pub(crate) fn on_ack(
         &mut self,
         now: Instant,
@@ -269,12 +270,15 @@ impl Sender {
         window: u64,
         sacks: &[(u64, u64)],
         pure_ack: bool,
+        delivered_elsewhere: u64,
     ) -> AckOutcome {
         let mut out = AckOutcome::default();
         if self.failed {
             return out;
         }
-        if ack > self.ack_limit() {
+        // `delivered_elsewhere`: body bytes the origin itself sent (before
+        // the cut is done the client may acknowledge them, past the cut).
+        if ack > self.ack_limit().max(delivered_elsewhere.min(self.body_len)) {
             out.invalid = true;
             return out;
         }
@@ -644,12 +648,12 @@ mod tests {
         assert_eq!((b.offset, b.len), (100, 100));
         // window edge 250: a 50-byte runt is window limited while in flight
         assert_eq!(s.next_segment(t0), None);
-        let o = s.on_ack(t0, 200, 1000, &[], true);
+        let o = s.on_ack(t0, 200, 1000, &[], true, 0);
         assert!(!o.invalid);
         let c = s.next_segment(t0).unwrap();
         assert_eq!((c.offset, c.len), (200, 100));
         // acking beyond what was sent is invalid
-        assert!(s.on_ack(t0, 301, 1000, &[], true).invalid);
+        assert!(s.on_ack(t0, 301, 1000, &[], true, 0).invalid);
     }
 
     #[test]
@@ -667,7 +671,7 @@ mod tests {
             (b.offset, b.len, b.fin, b.retransmission),
             (950, 50, true, true)
         );
-        let o = s.on_ack(d, 1001, 1000, &[], true);
+        let o = s.on_ack(d, 1001, 1000, &[], true, 0);
         assert!(o.fin_acked && s.fin_acked());
         assert_eq!(s.next_segment(d), None);
         assert_eq!(s.poll_timeout(), None);
@@ -684,10 +688,10 @@ mod tests {
         }
         assert_eq!(sent, vec![0, 100, 200, 300]);
         // 0..100 lost; client SACKs 100..400 with dup ACKs.
-        s.on_ack(t0, 0, 100_000, &[(100, 200)], true);
+        s.on_ack(t0, 0, 100_000, &[(100, 200)], true, 0);
         let seg = s.next_segment(t0).unwrap();
         assert!(!seg.retransmission, "no fast retransmit after one dup ack");
-        s.on_ack(t0, 0, 100_000, &[(100, 400)], true);
+        s.on_ack(t0, 0, 100_000, &[(100, 400)], true, 0);
         let r = s.next_segment(t0).unwrap();
         assert_eq!((r.offset, r.len, r.retransmission), (0, 100, true));
         s.hole_sent(&r);
@@ -727,7 +731,7 @@ mod tests {
         let d2 = s.poll_timeout().unwrap();
         assert!(d2 - d1 > d1 - t0, "backoff grows");
         // the client accepted the probe byte and opened the window
-        s.on_ack(d1, 1, 1000, &[], true);
+        s.on_ack(d1, 1, 1000, &[], true, 0);
         let n = s.next_segment(d1).unwrap();
         assert_eq!((n.offset, n.len), (1, 100));
     }

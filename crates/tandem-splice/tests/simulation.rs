@@ -284,3 +284,20 @@ fn withheld_first_piece_after_the_cut() {
         ..SimConfig::default()
     });
 }
+
+#[test]
+fn regression_window_exactly_full_at_the_cut() {
+    // Found by the property test: 4 KiB client window, body one byte longer
+    // than the window can hold with the head, cut at 0, tiny pieces.
+    case(SimConfig {
+        seed: 3105203938383688540,
+        body_len: 4097,
+        cut: 0,
+        client_rx: 4096,
+        timestamps: false,
+        sack: false,
+        delay: Duration::from_millis(1),
+        piece: 48,
+        ..SimConfig::default()
+    });
+}

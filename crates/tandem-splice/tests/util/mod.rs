@@ -244,6 +244,16 @@ impl Pair {
         (v, out)
     }
 
+    /// Feeds arbitrary bytes; only checks the verdict's length is sane.
+    pub fn feed_raw(&mut self, dir: Direction, pkt: &mut [u8]) -> Verdict {
+        let v = self.engine.handle_packet(self.now, dir, pkt);
+        if let Verdict::AcceptModified { len } = v {
+            assert!(len <= pkt.len());
+            parse(&pkt[..len]);
+        }
+        v
+    }
+
     /// Everything the engine wants to send now.
     #[track_caller]
     pub fn recv_all(&mut self) -> Vec<(Destination, Seen)> {
