@@ -138,44 +138,23 @@ fn shaping_caps_the_upload_rate() {
     topo.shape_uplink(0, Way::Up, Rate::mbit(4)).unwrap();
     let (_www, file) = www_with_file(&topo, "up.bin", 2 * MIB, 4);
     let got = topo.workdir().join("received.bin");
-    let sink = topo
-        .spawn(
-            &topo.origin_ns(),
-            "sink",
-            &[
-                "socat".to_string(),
-                "-u".into(),
-                format!("TCP-LISTEN:9000,bind={ORIGIN_IP},reuseaddr"),
-                format!("CREATE:{}", got.display()),
-            ],
-        )
-        .unwrap();
-    tandem_lab::netns::wait_until("socat listening", Duration::from_secs(5), || {
-        topo.exec(&topo.origin_ns(), &["ss", "-ltnH", "sport = :9000"])
-            .map(|o| !o.trim().is_empty())
-            .unwrap_or(false)
-    })
-    .unwrap();
-    let start = std::time::Instant::now();
-    topo.exec(
+    let d = transfer::socat_transfer(
+        &topo,
         &topo.client_ns(0),
-        &[
-            "socat".to_string(),
-            "-u".into(),
-            format!("FILE:{}", file.display()),
-            format!("TCP:{ORIGIN_IP}:9000"),
-        ],
+        &topo.origin_ns(),
+        ORIGIN_IP,
+        9000,
+        &file,
+        &got,
+        Duration::from_secs(60),
     )
     .unwrap();
-    let status = sink
-        .wait_timeout(Duration::from_secs(60))
-        .unwrap()
-        .expect("sink done");
-    let secs = start.elapsed().as_secs_f64();
-    assert!(status.success(), "{}", sink.log());
     assert_same_bytes(&file, &got).unwrap();
-    let mbit = (2 * MIB) as f64 * 8.0 / secs / 1e6;
-    println!("2 MiB upload at 4 Mbit/s: {secs:.2} s, {mbit:.2} Mbit/s");
+    let mbit = d.mbit_per_s();
+    println!(
+        "2 MiB upload at 4 Mbit/s: {:.2} s, {mbit:.2} Mbit/s",
+        d.elapsed.as_secs_f64()
+    );
     assert!(mbit <= 4.0 * 1.02, "upload faster than the shape: {mbit}");
 }
 
@@ -279,5 +258,41 @@ fn delay_line_figures() {
         c1 - c0,
         (c1 - c0) * 1e6 / packets.max(1) as f64,
         (c1 - c0) * 100.0 / d.elapsed.as_secs_f64()
+    );
+}
+
+/// Mesh links are shaped (54 Mbit/s, 802.11g) and carry traffic between
+/// neighbours directly, without the internet's delay.
+#[test]
+fn mesh_link_is_shaped() {
+    let topo = pair();
+    let (_www, file) = www_with_file(&topo, "m.bin", 8 * MIB, 8);
+    let got = topo.workdir().join("m.out");
+    let b_ip = topo.mesh_ip(1, 0).unwrap();
+    let d = transfer::socat_transfer(
+        &topo,
+        &topo.router_ns(0),
+        &topo.router_ns(1),
+        b_ip,
+        7000,
+        &file,
+        &got,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    assert_same_bytes(&file, &got).unwrap();
+    println!(
+        "8 MiB A→B over the 54 Mbit/s mesh: {:.2} s, {:.2} Mbit/s",
+        d.elapsed.as_secs_f64(),
+        d.mbit_per_s()
+    );
+    assert!(
+        d.mbit_per_s() <= 54.0 * 1.02,
+        "faster than the mesh shape: {d:?}"
+    );
+    let rtt = ping_min_ms(&topo, &topo.router_ns(0), &b_ip.to_string(), 3);
+    assert!(
+        rtt < 20.0,
+        "mesh RTT {rtt} ms: does it go through the delayed internet?"
     );
 }

@@ -208,6 +208,51 @@ pub fn finish(p: &Proc, start: Instant, out: &Path, timeout: Duration) -> Result
     })
 }
 
+/// Sends `file` over one TCP connection from namespace `from_ns` to a
+/// `socat` receiver listening on `to_ip:port` in `to_ns`, which writes it to
+/// `out`. Timed from the sender's start until the receiver exits, i.e. until
+/// the last byte has arrived (a sender-side time would include bytes still
+/// sitting in socket buffers).
+#[allow(clippy::too_many_arguments)]
+pub fn socat_transfer(
+    topo: &Topology,
+    from_ns: &str,
+    to_ns: &str,
+    to_ip: std::net::Ipv4Addr,
+    port: u16,
+    file: &Path,
+    out: &Path,
+    timeout: Duration,
+) -> Result<Download> {
+    let sink = topo.spawn(
+        to_ns,
+        &format!("socat-sink-{port}"),
+        &[
+            "socat".to_string(),
+            "-u".into(),
+            format!("TCP-LISTEN:{port},bind={to_ip},reuseaddr"),
+            format!("CREATE:{}", out.display()),
+        ],
+    )?;
+    let filter = format!("sport = :{port}");
+    crate::netns::wait_until("socat listening", Duration::from_secs(5), || {
+        topo.exec(to_ns, &["ss", "-ltnH", &filter])
+            .map(|o| !o.trim().is_empty())
+            .unwrap_or(false)
+    })?;
+    let start = Instant::now();
+    topo.exec(
+        from_ns,
+        &[
+            "socat".to_string(),
+            "-u".into(),
+            format!("FILE:{}", file.display()),
+            format!("TCP:{to_ip}:{port}"),
+        ],
+    )?;
+    finish(&sink, start, out, timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
