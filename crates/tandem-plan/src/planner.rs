@@ -1265,6 +1265,14 @@ impl Planner {
     }
 
     fn dynamic_pick(&mut self, source: SourceId, now: Duration) -> Option<(Range<u64>, bool)> {
+        // A suspect gets nothing more: its silent pieces are enough.
+        if self
+            .sources
+            .get(source.0 as usize)
+            .is_none_or(|s| self.is_suspect(s, now))
+        {
+            return None;
+        }
         // A silent (probably dying) holder's pieces first: they block
         // in-order delivery long before the window fills.
         if let Some(dup) = self.endgame_pick(source, now, true) {

@@ -214,7 +214,8 @@ fn stalled_source_loses_its_pieces_and_comes_back_after_backoff() {
         p.on_piece_data(pb.piece, 1, deadline),
         Err(PlanError::UnknownPiece(pb.piece))
     );
-    // b's bytes go to a, first in delivery order.
+    // b's bytes go to a (which keeps delivering), first in delivery order.
+    p.on_piece_data(pa.piece, 1000, deadline).unwrap();
     let next = p.next_assignment(a, deadline).unwrap();
     assert_eq!(next.range.start, pb.range.start);
     assert!(p.next_assignment(b, deadline).is_none(), "in backoff");
