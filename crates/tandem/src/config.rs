@@ -57,6 +57,11 @@ pub struct Node {
     /// Where the peer protocol listens (the mesh-facing address).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Treat the documentation address ranges (192.0.2.0/24,
+    /// 198.51.100.0/24, 203.0.113.0/24) as public origins. Only for the
+    /// namespace lab and tests; never on a real router.
+    #[serde(default)]
+    pub testbed: bool,
 }
 
 fn default_listen() -> SocketAddr {

@@ -6,4 +6,5 @@
 pub mod config;
 pub mod platform;
 pub mod rules;
+pub mod runtime;
 pub mod status;

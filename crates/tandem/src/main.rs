@@ -31,6 +31,13 @@ enum Command {
         #[arg(long)]
         check_config: bool,
     },
+    /// Create a key pair for the peer protocol: prints the public key; the
+    /// private key goes to `--out` (mode 0600) or, without it, to stdout.
+    Keygen {
+        /// File for the private key (refuses to overwrite).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print the firewall rules for a configuration.
     Rules {
         /// `iptables` (a sh script with start/stop) or `nft` (a ruleset).
@@ -39,6 +46,12 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// The namespace lab: a download through router A alone, then with
+    /// neighbours helping; prints a table and writes an SVG plot (root).
+    Lab(tandem_lab::LabArgs),
+    /// Hold every queued packet for a fixed time (the lab's delay line).
+    #[command(hide = true)]
+    Delayline(tandem_lab::DelayArgs),
     /// Serve files over HTTP/1.1 with Range support (the lab's and tests' origin).
     #[command(hide = true)]
     Origin {
@@ -77,6 +90,15 @@ fn main() -> ExitCode {
     }
 }
 
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run {
@@ -93,7 +115,42 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            anyhow::bail!("the daemon runtime is not built yet")
+            init_logging();
+            tandem::runtime::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lab(args) => {
+            let exe = std::env::current_exe().context("cannot find the tandem executable")?;
+            tandem_lab::run_lab(args, &exe)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delayline(args) => {
+            init_logging();
+            tandem_lab::run_delayline(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { out } => {
+            let pair = tandem_peer::KeyPair::generate()
+                .map_err(|e| anyhow::anyhow!("key generation failed: {e}"))?;
+            match out {
+                Some(path) => {
+                    use std::io::Write as _;
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("cannot create {} (exists?)", path.display()))?;
+                    writeln!(f, "{}", pair.to_base64())?;
+                    println!("{}", pair.public().to_base64());
+                }
+                None => {
+                    println!("private_key = {}", pair.to_base64());
+                    println!("public_key = {}", pair.public().to_base64());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Rules { flavor, config } => {
             let cfg = Config::load(&config)?;

@@ -23,6 +23,8 @@ pub enum QueueVerdict {
     Accept,
     /// Let it continue with the handler's edits (same length).
     AcceptModified,
+    /// Let the first `n` bytes continue, with the handler's edits.
+    AcceptTruncated(usize),
     /// Discard it.
     Drop,
     /// Re-run the hook with this fwmark (how a connection is labelled:
@@ -86,6 +88,11 @@ where
                     msg.set_verdict(nfq::Verdict::Drop);
                 }
             }
+            QueueVerdict::AcceptTruncated(n) if n <= scratch.len() => {
+                msg.set_payload(&scratch[..n]);
+                msg.set_verdict(nfq::Verdict::Accept);
+            }
+            QueueVerdict::AcceptTruncated(_) => msg.set_verdict(nfq::Verdict::Drop),
             QueueVerdict::Drop => msg.set_verdict(nfq::Verdict::Drop),
             QueueVerdict::RepeatWithMark(mark) => {
                 msg.set_nfmark(mark);
@@ -100,6 +107,12 @@ where
 /// the firewall rules recognise them (never re-queued; client-bound ones
 /// are not tracked).
 pub struct Injector {
+    untracked: RawSockets,
+    tracked: RawSockets,
+}
+
+/// One IPv4 and (optionally) one IPv6 raw socket with the same mark.
+struct RawSockets {
     v4: OwnedFd,
     v6: Option<OwnedFd>,
 }
@@ -136,15 +149,37 @@ fn raw_socket(family: libc::c_int, mark: u32) -> io::Result<OwnedFd> {
 }
 
 impl Injector {
-    /// Opens the sockets. IPv6 is optional (a router without IPv6 still works).
-    pub fn new(mark: u32) -> io::Result<Injector> {
+    /// Opens the sockets: `untracked_mark` for packets to the client (the
+    /// rules exempt them from conntrack), `tracked_mark` for packets to the
+    /// origin (tracked, so NAT rewrites them like the client's own). IPv6 is
+    /// optional (a router without IPv6 still works).
+    pub fn new(untracked_mark: u32, tracked_mark: u32) -> io::Result<Injector> {
+        Ok(Injector {
+            untracked: RawSockets::new(untracked_mark)?,
+            tracked: RawSockets::new(tracked_mark)?,
+        })
+    }
+
+    /// Sends a client-bound packet.
+    pub fn send(&self, packet: &[u8]) -> io::Result<()> {
+        self.untracked.send(packet)
+    }
+
+    /// Sends an origin-bound packet (it must traverse conntrack and NAT).
+    pub fn send_tracked(&self, packet: &[u8]) -> io::Result<()> {
+        self.tracked.send(packet)
+    }
+}
+
+impl RawSockets {
+    fn new(mark: u32) -> io::Result<RawSockets> {
         let v4 = raw_socket(libc::AF_INET, mark)?;
         let v6 = raw_socket(libc::AF_INET6, mark).ok();
-        Ok(Injector { v4, v6 })
+        Ok(RawSockets { v4, v6 })
     }
 
     /// Sends one complete IP packet (header included) to its destination.
-    pub fn send(&self, packet: &[u8]) -> io::Result<()> {
+    fn send(&self, packet: &[u8]) -> io::Result<()> {
         let dst = destination(packet)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not an IP packet"))?;
         let rc = match dst {

@@ -37,9 +37,12 @@ pub struct PeerStatus {
     pub name: String,
     /// Configured address.
     pub address: String,
-    /// Authenticated connection up.
-    pub up: bool,
-    /// Measured rate of pieces from it, bit/s (0 before any piece).
+    /// `unknown` (no download yet), `committed` (it helped in the latest
+    /// download), `refused: REASON` or `down: REASON`.
+    pub state: String,
+    /// Body bytes it delivered since the daemon started.
+    pub bytes: u64,
+    /// Rate of pieces from it in the latest download, bit/s (0 if none).
     pub rate_bps: f64,
     /// Rate it advertises, bit/s.
     pub advertised_bps: f64,
@@ -127,12 +130,12 @@ pub fn render_table(s: &Snapshot) -> String {
     for p in &s.peers {
         let _ = writeln!(
             out,
-            "  {:<16} {:<22} {:<5} measured {:>14}  advertises {:>14}",
+            "  {:<16} {:<22} {:<24} {:>12} bytes, last {:>14}",
             p.name,
             p.address,
-            if p.up { "up" } else { "down" },
-            mbit(p.rate_bps),
-            mbit(p.advertised_bps)
+            p.state,
+            p.bytes,
+            mbit(p.rate_bps)
         );
     }
     let _ = writeln!(out, "\ndownloads:");

@@ -1,0 +1,736 @@
+//! The daemon runtime: joins the NFQUEUE thread, the splice engine and the
+//! delegation sessions.
+//!
+//! ```text
+//!  nfq thread ──packet──► Engine (Mutex) ──transmits──► Injector (raw sockets)
+//!      │  verdict ◄───────────┘  │ events
+//!      │                         ▼
+//!      │            decide(): eligibility, label the connection
+//!      │                         │ Accelerated{flow, cut, download}
+//!      ▼                         ▼
+//!   kernel          tokio: one task per download: Session::next() ──► push_piece
+//!                          timer task: poll_timeout ──► handle_timeout
+//!                          peer server (Node::serve), status socket
+//! ```
+//!
+//! Only this module reads the clock (`Instant::now()`), and only here are
+//! decisions turned into firewall labels (verdict REPEAT + mark, see
+//! `rules.rs`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tandem_delegate::{Download, NeighbourConfig, Node, NodeConfig, Session, SessionConfig};
+use tandem_http::{Decision, EligibilityConfig, RequestHead};
+use tandem_peer::{KeyPair, PublicKey};
+use tandem_splice::{Destination, Direction, Engine, EngineConfig, Event, FlowId, SpliceError};
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::config::{Config, Marks, Policy};
+use crate::platform::{self, Injector, PacketMeta, QueueVerdict};
+use crate::status::{DownloadStatus, PeerStatus, Snapshot};
+
+/// How long the original flow keeps streaming after the decision, at the
+/// uplink's rate, before the cut: time for the sessions to negotiate and the
+/// first pieces to arrive.
+const STARTUP: Duration = Duration::from_millis(300);
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let key_text = std::fs::read_to_string(&cfg.node.private_key_file).with_context(|| {
+        format!(
+            "node.private_key_file: cannot read {}",
+            cfg.node.private_key_file.display()
+        )
+    })?;
+    let keys = KeyPair::from_base64(key_text.trim())
+        .map_err(|e| anyhow::anyhow!("node.private_key_file: {e}"))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(cfg, keys))
+}
+
+/// Everything the queue thread and the tokio tasks share.
+struct Shared {
+    cfg: Config,
+    marks: Marks,
+    eligibility: EligibilityConfig,
+    engine: Mutex<Engine>,
+    injector: Injector,
+    lan_ifindex: Vec<u32>,
+    /// Recomputes the engine's timer.
+    wake: Notify,
+    /// Decisions and events for the tokio side.
+    notices: mpsc::UnboundedSender<Notice>,
+    counters: Mutex<Counters>,
+    downloads: Mutex<HashMap<FlowId, DownloadStatus>>,
+    /// Per-neighbour state learnt from sessions, by name.
+    peers: Mutex<HashMap<String, PeerStatus>>,
+    active: AtomicU32,
+    stopping: AtomicBool,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Counters {
+    decisions: BTreeMap<String, u64>,
+    packets: BTreeMap<String, u64>,
+}
+
+/// What the queue thread (or an engine drain anywhere) tells the tokio side.
+enum Notice {
+    Accelerated(Box<Accelerated>),
+    /// The client has every byte before the cut: injection may begin.
+    CutDone(FlowId),
+    /// The flow finished, failed or was forgotten: its session ends.
+    Ended(FlowId),
+}
+
+/// Where a download's flow stands, as its task sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum FlowStage {
+    /// The original flow still delivers the bytes before the cut.
+    BeforeCut,
+    /// The client acknowledged the cut: pieces may be injected.
+    CutDone,
+    /// The engine is done with the flow.
+    Ended,
+}
+
+struct Accelerated {
+    flow: FlowId,
+    client: SocketAddr,
+    cut: u64,
+    download: Download,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn count(&self, table: fn(&mut Counters) -> &mut BTreeMap<String, u64>, key: &str) {
+        let mut c = lock(&self.counters);
+        *table(&mut c).entry(key.to_string()).or_default() += 1;
+    }
+
+    /// Sends what the engine emitted and handles its events. Returns the
+    /// connection label (state bits) for the packet being handled, if an
+    /// event decided one.
+    fn drain(&self, engine: &mut Engine, now: Instant, buf: &mut Vec<u8>) -> Option<u32> {
+        let mut label = None;
+        while let Some(ev) = engine.poll_event() {
+            match ev {
+                Event::ResponseHead {
+                    flow,
+                    client,
+                    origin,
+                    request,
+                    response,
+                    body_len,
+                    client_acked,
+                    pipelined,
+                } => {
+                    label = Some(self.decide(
+                        engine,
+                        now,
+                        flow,
+                        client,
+                        origin,
+                        *request,
+                        &response,
+                        body_len,
+                        client_acked,
+                        pipelined,
+                    ));
+                }
+                Event::CutDone { flow, cut } => {
+                    debug!(?flow, cut, "cut done");
+                    let _ = self.notices.send(Notice::CutDone(flow));
+                }
+                Event::Finished { flow } => {
+                    info!(?flow, "accelerated download finished");
+                    self.count(|c| &mut c.packets, "downloads_finished");
+                    let _ = self.notices.send(Notice::Ended(flow));
+                }
+                Event::Failed { flow, reason } => {
+                    warn!(?flow, ?reason, "accelerated download failed; client reset");
+                    self.count(|c| &mut c.packets, "downloads_failed");
+                    let _ = self.notices.send(Notice::Ended(flow));
+                }
+                Event::FlowClosed { flow } => {
+                    let _ = self.notices.send(Notice::Ended(flow));
+                }
+            }
+        }
+        while let Some(t) = engine.poll_transmit(now, buf) {
+            let pkt = &buf[..t.len];
+            let res = match t.to {
+                Destination::ToClient => self.injector.send(pkt),
+                Destination::ToOrigin => self.injector.send_tracked(pkt),
+            };
+            if let Err(e) = res {
+                debug!(error = %e, "inject failed");
+                self.count(|c| &mut c.packets, "inject_errors");
+            }
+        }
+        label
+    }
+
+    /// The decision on a response head. Returns the connection label.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        engine: &mut Engine,
+        now: Instant,
+        flow: FlowId,
+        client: SocketAddr,
+        origin: SocketAddr,
+        request: RequestHead,
+        response: &tandem_http::ResponseHead,
+        body_len: Option<u64>,
+        client_acked: u64,
+        pipelined: bool,
+    ) -> u32 {
+        let pass = |engine: &mut Engine, reason: &str| {
+            engine.pass_through(flow);
+            self.count(|c| &mut c.decisions, reason);
+            debug!(?flow, reason, "pass through");
+            self.marks.pass
+        };
+        let (len, validator) = match tandem_http::decide(&request, response, &self.eligibility) {
+            Decision::Accelerate {
+                body_len: len,
+                validator,
+            } => (len, validator),
+            Decision::PassThrough(reason) => return pass(engine, reason.as_str()),
+        };
+        if pipelined {
+            return pass(engine, "pipelined");
+        }
+        if body_len != Some(len) {
+            return pass(engine, "no_content_length");
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return pass(engine, "stopping");
+        }
+        if self.cfg.peers.is_empty() {
+            return pass(engine, "no_peers");
+        }
+        let active = self.active.load(Ordering::Relaxed) as usize;
+        if active >= self.cfg.splice.max_downloads {
+            return pass(engine, "busy");
+        }
+        let startup = (self.cfg.uplink.rate_mbit * 1e6 / 8.0 * STARTUP.as_secs_f64()) as u64;
+        let requested = client_acked.saturating_add(startup.max(64 * 1024));
+        if requested >= len {
+            return pass(engine, "nearly_done");
+        }
+        let cut = match engine.accelerate(now, flow, requested) {
+            Ok(cut) if cut < len => cut,
+            Ok(_) => return pass(engine, "nearly_done"),
+            Err(e) => {
+                debug!(?flow, error = %e, "cannot accelerate");
+                let reason = match e {
+                    SpliceError::Pipelined => "pipelined",
+                    _ => "engine_refused",
+                };
+                return pass(engine, reason);
+            }
+        };
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.count(|c| &mut c.decisions, "accelerated");
+        let url = format!(
+            "http://{}{}",
+            request.host().unwrap_or(&origin.to_string()),
+            request.target
+        );
+        info!(?flow, %client, %origin, %url, len, cut, "accelerating");
+        lock(&self.downloads).insert(
+            flow,
+            DownloadStatus {
+                url,
+                client: client.to_string(),
+                size: len,
+                delivered: client_acked,
+                ..Default::default()
+            },
+        );
+        let _ = self.notices.send(Notice::Accelerated(Box::new(Accelerated {
+            flow,
+            client,
+            cut,
+            download: Download {
+                origin,
+                request,
+                validator,
+                body_length: len,
+                range: cut..len,
+            },
+        })));
+        self.marks.own
+    }
+
+    /// The queue thread's per-packet work.
+    fn on_packet(&self, pkt: &mut [u8], meta: PacketMeta, buf: &mut Vec<u8>) -> QueueVerdict {
+        let dir = if self.lan_ifindex.contains(&meta.indev) {
+            Direction::FromClient
+        } else {
+            Direction::FromOrigin
+        };
+        let now = Instant::now();
+        let (verdict, label) = {
+            let mut engine = lock(&self.engine);
+            let v = engine.handle_packet(now, dir, pkt);
+            let label = self.drain(&mut engine, now, buf);
+            (v, label)
+        };
+        self.wake.notify_one();
+        match (verdict, label) {
+            (tandem_splice::Verdict::Accept, Some(state)) => QueueVerdict::RepeatWithMark(
+                meta.mark & !self.marks.mask | self.marks.decided | state,
+            ),
+            (tandem_splice::Verdict::Accept, None) => QueueVerdict::Accept,
+            (tandem_splice::Verdict::AcceptModified { len }, _) if len == pkt.len() => {
+                QueueVerdict::AcceptModified
+            }
+            (tandem_splice::Verdict::AcceptModified { len }, _) => {
+                QueueVerdict::AcceptTruncated(len)
+            }
+            (tandem_splice::Verdict::Drop, _) => QueueVerdict::Drop,
+        }
+    }
+}
+
+async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
+    let marks = cfg.queue.marks();
+    let injector = Injector::new(marks.inject, marks.inject | marks.own)
+        .context("cannot open raw sockets for injection (root or CAP_NET_RAW needed)")?;
+    let queue = platform::open_queue(cfg.queue.number, cfg.queue.max_len).with_context(|| {
+        format!(
+            "queue.number: cannot bind NFQUEUE {} (another daemon bound? root needed)",
+            cfg.queue.number
+        )
+    })?;
+    let lan_ifindex: Vec<u32> = cfg
+        .interfaces
+        .lan
+        .iter()
+        .map(|n| platform::if_index(n))
+        .collect();
+    if lan_ifindex.contains(&0) {
+        anyhow::bail!(
+            "interfaces.lan: {:?} has an interface that does not exist",
+            cfg.interfaces.lan
+        );
+    }
+
+    let node = Arc::new(Node::new(node_config(&cfg, keys)?));
+    let listener = tokio::net::TcpListener::bind(cfg.node.listen)
+        .await
+        .with_context(|| format!("node.listen: cannot listen on {}", cfg.node.listen))?;
+    {
+        let node = node.clone();
+        tokio::spawn(async move { node.serve(listener).await });
+    }
+
+    let engine = Engine::new(EngineConfig {
+        max_flows: cfg.splice.max_flows,
+        idle_timeout: Duration::from_secs(cfg.splice.idle_timeout_s),
+        buffer_window: cfg.planner.window,
+        ..EngineConfig::default()
+    });
+    let (notices_tx, mut notices) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        eligibility: EligibilityConfig {
+            min_size: cfg.eligibility.min_size,
+            content_types: cfg.eligibility.content_types.clone(),
+            allow_cookie: cfg.eligibility.allow_cookie,
+            allow_authorization: cfg.eligibility.allow_authorization,
+        },
+        marks,
+        cfg,
+        engine: Mutex::new(engine),
+        injector,
+        lan_ifindex,
+        wake: Notify::new(),
+        notices: notices_tx,
+        counters: Mutex::new(Counters::default()),
+        downloads: Mutex::new(HashMap::new()),
+        peers: Mutex::new(HashMap::new()),
+        active: AtomicU32::new(0),
+        stopping: AtomicBool::new(false),
+        started: Instant::now(),
+    });
+
+    // The queue thread.
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("nfqueue".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(2048);
+                let res =
+                    platform::run_queue(queue, |pkt, meta| shared.on_packet(pkt, meta, &mut buf));
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "NFQUEUE loop ended; traffic bypasses the daemon");
+                }
+            })?;
+    }
+
+    // The engine's timer.
+    {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(2048);
+            loop {
+                let deadline = lock(&shared.engine).poll_timeout();
+                let sleep = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = sleep => {
+                        let now = Instant::now();
+                        let mut engine = lock(&shared.engine);
+                        engine.handle_timeout(now);
+                        shared.drain(&mut engine, now, &mut buf);
+                    }
+                    _ = shared.wake.notified() => {}
+                }
+            }
+        });
+    }
+
+    // The status socket.
+    {
+        let shared = shared.clone();
+        let socket = shared.cfg.status.socket.clone();
+        tokio::spawn(async move {
+            let path = socket.clone();
+            if let Err(e) = crate::status::serve(&path, move || snapshot(&shared)).await {
+                warn!(error = %e, socket = %socket.display(), "status socket failed");
+            }
+        });
+    }
+
+    info!(
+        node = %shared.cfg.node.name,
+        queue = shared.cfg.queue.number,
+        peers = shared.cfg.peers.len(),
+        "tandem running"
+    );
+
+    // Sessions, until a signal.
+    let mut stages: HashMap<FlowId, watch::Sender<FlowStage>> = HashMap::new();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            n = notices.recv() => match n {
+                Some(Notice::Accelerated(a)) => {
+                    let (tx, rx) = watch::channel(FlowStage::BeforeCut);
+                    stages.insert(a.flow, tx);
+                    tokio::spawn(download(shared.clone(), node.clone(), *a, rx));
+                }
+                Some(Notice::CutDone(flow)) => {
+                    if let Some(tx) = stages.get(&flow) {
+                        tx.send_if_modified(|s| {
+                            let advance = *s < FlowStage::CutDone;
+                            if advance {
+                                *s = FlowStage::CutDone;
+                            }
+                            advance
+                        });
+                    }
+                }
+                Some(Notice::Ended(flow)) => {
+                    if let Some(tx) = stages.remove(&flow) {
+                        let _ = tx.send(FlowStage::Ended);
+                    }
+                }
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+
+    // Shutdown: no new accelerations; flows in progress are reset, never
+    // left half-spliced (without the daemon nobody could finish them).
+    shared.stopping.store(true, Ordering::Relaxed);
+    let flows: Vec<FlowId> = lock(&shared.downloads).keys().copied().collect();
+    if !flows.is_empty() {
+        warn!(
+            count = flows.len(),
+            "stopping: resetting downloads in progress"
+        );
+    }
+    {
+        let now = Instant::now();
+        let mut buf = Vec::with_capacity(2048);
+        let mut engine = lock(&shared.engine);
+        for flow in flows {
+            engine.fail(now, flow);
+        }
+        shared.drain(&mut engine, now, &mut buf);
+    }
+    node.shutdown();
+    let _ = std::fs::remove_file(&shared.cfg.status.socket);
+    info!("tandem stopped");
+    Ok(())
+}
+
+/// One accelerated download: feeds the session's pieces to the engine.
+async fn download(
+    shared: Arc<Shared>,
+    node: Arc<Node>,
+    a: Accelerated,
+    mut end: watch::Receiver<FlowStage>,
+) {
+    let flow = a.flow;
+    let result = run_download(&shared, &node, &a, &mut end).await;
+    if let Err(e) = &result {
+        warn!(?flow, client = %a.client, error = %e, "download failed; resetting the client");
+        let now = Instant::now();
+        let mut buf = Vec::with_capacity(2048);
+        let mut engine = lock(&shared.engine);
+        engine.fail(now, flow);
+        shared.drain(&mut engine, now, &mut buf);
+    }
+    // Wait until the engine is done with the flow (FIN acknowledged or reset).
+    let _ = end.wait_for(|s| *s == FlowStage::Ended).await;
+    lock(&shared.downloads).remove(&flow);
+    shared.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Records what a session learnt about each neighbour.
+fn record_peers(shared: &Shared, stats: &tandem_delegate::SessionStats, elapsed: Duration) {
+    let mut peers = lock(&shared.peers);
+    for s in stats.sources.iter().filter(|s| s.name != "local") {
+        let entry = peers.entry(s.name.clone()).or_default();
+        entry.state = if let Some(r) = &s.refused {
+            format!("refused: {r:?}")
+        } else if let Some(g) = &s.gone {
+            format!("down: {g}")
+        } else if s.committed {
+            "committed".to_string()
+        } else {
+            "unknown".to_string()
+        };
+        entry.rate_bps = s.bytes as f64 * 8.0 / elapsed.as_secs_f64().max(1e-3);
+    }
+}
+
+async fn run_download(
+    shared: &Shared,
+    node: &Node,
+    a: &Accelerated,
+    end: &mut watch::Receiver<FlowStage>,
+) -> anyhow::Result<()> {
+    let flow = a.flow;
+    let scfg = session_config(&shared.cfg);
+    let mut session: Session = node
+        .open_session(a.download.clone(), scfg)
+        .map_err(|e| anyhow::anyhow!("session: {e}"))?;
+    // No injected byte may reach the client before it has acknowledged
+    // everything before the cut: its ACKs would then SACK bytes the origin
+    // never sent, conntrack would call them INVALID, and the origin would
+    // never see the ACKs it needs to finish the bytes before the cut. Pieces
+    // wait in the session meanwhile (its window bounds them).
+    if end.wait_for(|s| *s >= FlowStage::CutDone).await.is_err()
+        || *end.borrow() == FlowStage::Ended
+    {
+        return Ok(());
+    }
+    let mut buf = Vec::with_capacity(2048);
+    let started = Instant::now();
+    loop {
+        let chunk = tokio::select! {
+            c = session.next() => match c {
+                Ok(c) => c,
+                Err(e) => {
+                    record_peers(shared, &session.stats(), started.elapsed());
+                    anyhow::bail!("session: {e}");
+                }
+            },
+            _ = end.wait_for(|s| *s == FlowStage::Ended) => return Ok(()),
+        };
+        let Some(chunk) = chunk else {
+            debug!(?flow, "every piece delivered to the engine");
+            let stats = session.stats();
+            record_peers(shared, &stats, started.elapsed());
+            let mut peers = lock(&shared.peers);
+            for s in &stats.sources {
+                if let Some(p) = peers.get_mut(&s.name) {
+                    p.bytes += s.bytes;
+                }
+            }
+            return Ok(());
+        };
+        let mut offset = chunk.offset;
+        let mut data = &chunk.bytes[..];
+        while !data.is_empty() {
+            let (res, delivered) = {
+                let now = Instant::now();
+                let mut engine = lock(&shared.engine);
+                let res = engine.push_piece(now, flow, offset, data);
+                shared.drain(&mut engine, now, &mut buf);
+                let delivered = engine.flow_info(flow).and_then(|i| i.delivered);
+                (res, delivered)
+            };
+            shared.wake.notify_one();
+            if let Some(d) = delivered {
+                session.delivered(d);
+                let stats = session.stats();
+                if let Some(st) = lock(&shared.downloads).get_mut(&flow) {
+                    st.delivered = d;
+                    st.age_s = started.elapsed().as_secs_f64();
+                    st.rate_bps = (d.saturating_sub(a.cut)) as f64 * 8.0 / st.age_s.max(1e-3);
+                    st.bytes_by_source = stats
+                        .sources
+                        .iter()
+                        .map(|s| (s.name.clone(), s.bytes))
+                        .collect();
+                }
+            }
+            match res {
+                Ok(()) => data = &[],
+                Err(SpliceError::PieceBeyondWindow { limit }) => {
+                    // Store what fits, then wait for the client to ack more.
+                    if limit > offset {
+                        let fit = ((limit - offset) as usize).min(data.len());
+                        let now = Instant::now();
+                        let mut engine = lock(&shared.engine);
+                        if engine.push_piece(now, flow, offset, &data[..fit]).is_ok() {
+                            offset += fit as u64;
+                            data = &data[fit..];
+                        }
+                        shared.drain(&mut engine, now, &mut buf);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        _ = end.wait_for(|s| *s == FlowStage::Ended) => return Ok(()),
+                    }
+                }
+                Err(e) => anyhow::bail!("engine refused a piece: {e}"),
+            }
+        }
+    }
+}
+
+fn node_config(cfg: &Config, keys: KeyPair) -> anyhow::Result<NodeConfig> {
+    let mut neighbours = Vec::new();
+    for (i, p) in cfg.peers.iter().enumerate() {
+        let key = PublicKey::from_base64(&p.public_key)
+            .map_err(|e| anyhow::anyhow!("peer[{i}].public_key: {e}"))?;
+        neighbours.push(NeighbourConfig {
+            name: p.name.clone(),
+            key,
+            addr: Some(p.address),
+            link_bps: (p.link_mbit * 1e6) as u64,
+        });
+    }
+    let mut nc = NodeConfig::new(cfg.node.name.clone(), keys, neighbours);
+    nc.serve.target_policy.allow_documentation_ranges = cfg.node.testbed;
+    nc.serve.target_policy.allowed_ports = cfg.queue.ports.clone();
+    nc.serve.target_policy.own_addrs = own_addresses();
+    nc.serve.allow_credentials =
+        cfg.eligibility.allow_cookie || cfg.eligibility.allow_authorization;
+    nc.serve.uplink_bps = (cfg.uplink.rate_mbit * 1e6) as u64;
+    nc.serve.neighbour_share = cfg.uplink.neighbour_share;
+    nc.serve.fetch.bind_addr = cfg.uplink.source_address;
+    Ok(nc)
+}
+
+fn session_config(cfg: &Config) -> SessionConfig {
+    let mut s = SessionConfig::default();
+    s.planner.policy = match cfg.planner.policy {
+        Policy::Dynamic => tandem_plan::Policy::Dynamic,
+        Policy::Proportional => tandem_plan::Policy::Proportional,
+    };
+    s.planner.window = cfg.planner.window;
+    s.planner.stall_timeout = Duration::from_millis(cfg.planner.stall_timeout_ms);
+    s.local_rate_bps = (cfg.uplink.rate_mbit * 1e6) as u64;
+    if let Some(f) = s.local_fetch.as_mut() {
+        f.bind_addr = cfg.uplink.source_address;
+        f.policy.allow_documentation_ranges = cfg.node.testbed;
+        f.policy.allowed_ports = cfg.queue.ports.clone();
+    }
+    s.default_peer_rate_bps = cfg
+        .peers
+        .iter()
+        .filter_map(|p| p.rate_mbit)
+        .map(|r| (r * 1e6) as u64)
+        .max()
+        .unwrap_or((cfg.uplink.rate_mbit * 1e6) as u64);
+    s.hop_budget = cfg.planner.max_hops;
+    s.delegate_credentials = cfg.eligibility.allow_cookie || cfg.eligibility.allow_authorization;
+    s
+}
+
+/// Every address of this router's interfaces (never fetched for a peer).
+fn own_addresses() -> Vec<IpAddr> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addrs
+        .filter_map(|a| a.address)
+        .filter_map(|sa| {
+            if let Some(v4) = sa.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+fn snapshot(shared: &Shared) -> Snapshot {
+    let learnt = lock(&shared.peers).clone();
+    let counters = lock(&shared.counters);
+    let mut packets = counters.packets.clone();
+    let stats = lock(&shared.engine).stats();
+    for (k, v) in [
+        ("queued", stats.packets),
+        ("unparsed", stats.unparsed),
+        ("table_full", stats.table_full),
+        ("dropped", stats.dropped),
+        ("modified", stats.modified),
+        ("injected", stats.transmitted),
+    ] {
+        packets.insert(k.to_string(), v);
+    }
+    Snapshot {
+        node: shared.cfg.node.name.clone(),
+        uptime_s: shared.started.elapsed().as_secs(),
+        peers: shared
+            .cfg
+            .peers
+            .iter()
+            .map(|p| {
+                let l = learnt.get(&p.name);
+                PeerStatus {
+                    name: p.name.clone(),
+                    address: p.address.to_string(),
+                    state: l.map_or_else(|| "unknown".to_string(), |l| l.state.clone()),
+                    bytes: l.map_or(0, |l| l.bytes),
+                    rate_bps: l.map_or(0.0, |l| l.rate_bps),
+                    advertised_bps: p.rate_mbit.unwrap_or(0.0) * 1e6,
+                }
+            })
+            .collect(),
+        downloads: lock(&shared.downloads).values().cloned().collect(),
+        decisions: counters.decisions.clone(),
+        packets,
+    }
+}
