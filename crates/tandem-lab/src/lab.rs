@@ -196,6 +196,7 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
     results.push(r1);
 
     // 4. With the neighbours' daemons.
+    let mut daemons = None;
     if !args.alone_only {
         ui.section(&format!(
             "run 2/{runs}: A with {} helping (tandem daemons on every router)",
@@ -204,8 +205,8 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        let daemons_ok = start_daemons(&topo, &ui, &tandem_exe, args.routers);
-        let (label, short) = if daemons_ok {
+        daemons = start_daemons(&topo, &ui, &tandem_exe, args.routers);
+        let (label, short) = if daemons.is_some() {
             ("A + neighbours (tandem)", "A + tandem")
         } else {
             ("A again (daemons NOT running)", "A, no daemons")
@@ -242,6 +243,20 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
         "plot",
         &format!("{} and {}", svg_path.display(), csv_path.display()),
     );
+    if let Some(d) = &daemons {
+        // What A's daemon itself says (bytes per source etc.), for the record.
+        match d.status_json(0) {
+            Ok(json) => {
+                let p = args.out.join("tandem-status-a.json");
+                std::fs::write(&p, json)?;
+                ui.step(
+                    "status",
+                    &format!("A's `tandem status --json` in {}", p.display()),
+                );
+            }
+            Err(e) => ui.warn(&format!("tandem status on A: {e:#}")),
+        }
+    }
 
     if args.keep {
         topo.keep();
@@ -263,7 +278,7 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
     Ok(())
 }
 
-fn start_daemons(topo: &Topology, ui: &Ui, tandem_exe: &Path, routers: usize) -> bool {
+fn start_daemons(topo: &Topology, ui: &Ui, tandem_exe: &Path, routers: usize) -> Option<Daemons> {
     let all: Vec<usize> = (0..routers).collect();
     match Daemons::start(topo, tandem_exe, &all, &DaemonOptions::default()) {
         Ok(d) => {
@@ -273,17 +288,14 @@ fn start_daemons(topo: &Topology, ui: &Ui, tandem_exe: &Path, routers: usize) ->
                     ui.step("daemon", &format!("{who}: running (pid {})", p.pid()));
                 }
             }
-            true
+            Some(d)
         }
         Err(e) => {
             let msg = format!("{e:#}");
-            let short: Vec<&str> = msg.lines().rev().take(3).collect();
-            ui.warn(&format!(
-                "cannot run the tandem daemons: {}",
-                short.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            ));
+            let first: String = msg.lines().next().unwrap_or("").chars().take(200).collect();
+            ui.warn(&format!("cannot run the tandem daemons: {first}"));
             ui.warn("the second download runs without tandem: its figures show no acceleration");
-            false
+            None
         }
     }
 }
@@ -372,7 +384,16 @@ fn measure(
         prev_t = t;
         let got = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
         if ui.tty || last_print.elapsed() >= Duration::from_secs(2) || done {
-            ui.progress(short, got, size, &rates, t, done);
+            // The last line shows each source's average over the whole run.
+            let shown: Vec<f64> = if done {
+                now.iter()
+                    .zip(&base)
+                    .map(|(a, b)| a.saturating_sub(*b) as f64 * 8.0 / t.max(1e-3) / 1e6)
+                    .collect()
+            } else {
+                rates.clone()
+            };
+            ui.progress(short, got, size, &shown, t, done);
             last_print = Instant::now();
         }
         if done {
