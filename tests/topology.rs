@@ -296,3 +296,24 @@ fn mesh_link_is_shaped() {
         "mesh RTT {rtt} ms: does it go through the delayed internet?"
     );
 }
+
+/// Variant: the origin address lives in the internet namespace itself, no
+/// delay line, one router; Python's http.server as the origin.
+#[test]
+fn origin_inside_the_internet_namespace() {
+    require_root();
+    let mut spec = TopologySpec::pair(Vec::new());
+    spec.routers = 1;
+    spec.mesh.clear();
+    spec.delay_ms = 0;
+    spec.origin_own_ns = false;
+    let topo = Topology::build(spec).unwrap();
+    assert_eq!(topo.origin_ns(), topo.internet_ns());
+    assert_eq!(topo.namespaces().len(), 3, "inet, a, client-a");
+    let (www, file) = www_with_file(&topo, "p.bin", MIB, 10);
+    let _origin = start_origin(&topo, &OriginKind::Python, &www).unwrap();
+    let got = topo.workdir().join("got.bin");
+    let url = format!("http://{ORIGIN_IP}/p.bin");
+    download(&topo, 0, Tool::Curl, &url, &got, Duration::from_secs(60)).unwrap();
+    assert_same_bytes(&file, &got).unwrap();
+}
