@@ -29,21 +29,31 @@ enum Cmd {
         args: tandem_lab::LabArgs,
     },
     /// Build a client–A–B topology (no delay), start a process in it, print
-    /// the namespace names and `ready`, then wait for a signal.
-    Hold,
+    /// the namespace names and `ready`, then wait for a signal (or, with
+    /// `--keep`, keep it and exit at once, printing `remove: <command>`).
+    Hold {
+        /// Keep the topology and exit.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Delayline(a) => tandem_lab::run_delayline(a),
         Cmd::Lab { tandem, args } => tandem_lab::run_lab(args, &tandem),
-        Cmd::Hold => {
+        Cmd::Hold { keep } => {
             let mut spec = tandem_lab::TopologySpec::pair(Vec::new());
             spec.delay_ms = 0;
-            let topo = tandem_lab::Topology::build(spec)?;
+            let mut topo = tandem_lab::Topology::build(spec)?;
             let p = topo.spawn(&topo.client_ns(0), "sleeper", &["sleep", "1000"])?;
             println!("ns: {}", topo.namespaces().join(" "));
             println!("pid: {}", p.pid());
+            if keep {
+                topo.keep();
+                println!("remove: {}", topo.removal_command());
+                return Ok(());
+            }
             println!("ready");
             std::io::stdout().flush()?;
             loop {

@@ -156,3 +156,57 @@ fn leftovers_of_a_killed_run_are_removed_by_the_next() {
     netns::destroy(&mine).unwrap();
     drop(topo);
 }
+
+/// `keep()` (`tandem lab --keep`): everything stays after the owner exits,
+/// later runs do not sweep it as stale, and the printed command removes it.
+#[test]
+fn kept_topology_survives_and_its_removal_command_works() {
+    require_root();
+    let out = Command::new(helper_exe())
+        .args(["hold", "--keep"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let names: Vec<String> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ns: "))
+        .unwrap()
+        .split(' ')
+        .map(String::from)
+        .collect();
+    let pid: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pid: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let remove = text
+        .lines()
+        .find_map(|l| l.strip_prefix("remove: "))
+        .unwrap()
+        .to_owned();
+    assert!(names.iter().all(|n| exists(n)) && alive(pid));
+    // Another run's stale sweep must leave the kept run alone.
+    drop(pair());
+    assert!(
+        names.iter().all(|n| exists(n)),
+        "kept namespaces were swept"
+    );
+    assert!(alive(pid), "kept process was killed");
+    let st = Command::new("sh").args(["-c", &remove]).status().unwrap();
+    assert!(st.success());
+    for n in &names {
+        assert!(!exists(n), "{n} left after the removal command");
+    }
+    tandem_lab::netns::wait_until(
+        "kept process to exit",
+        std::time::Duration::from_secs(5),
+        || !alive(pid),
+    )
+    .unwrap();
+}

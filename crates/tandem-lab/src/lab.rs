@@ -263,10 +263,14 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
         ui.step(
             "kept",
             &format!(
-                "namespaces {} (remove with `ip netns del <name>`), files in {}",
+                "namespaces {}; files in {}",
                 topo.namespaces().join(" "),
                 topo.workdir().display()
             ),
+        );
+        ui.step(
+            "remove",
+            &format!("sudo sh -c '{}'", topo.removal_command()),
         );
     } else {
         drop(topo);

@@ -188,8 +188,22 @@ pub fn remove_stale() {
     }
 }
 
-/// True for `tdl<pid>-…` names whose pid is not a running process.
+/// Name of the marker file that protects a kept run (`--keep`) from
+/// [`remove_stale`].
+pub const KEEP_MARKER: &str = "KEEP";
+
+/// True for `tdl<pid>-…` names whose pid is not a running process and whose
+/// run was not kept on purpose.
 fn is_stale(name: &str) -> bool {
+    // Run id = `tdl<pid>-<n>`: the name up to the second '-'.
+    let run: String = name.splitn(3, '-').take(2).collect::<Vec<_>>().join("-");
+    if std::env::temp_dir().join(&run).join(KEEP_MARKER).exists() {
+        return false;
+    }
+    dead_owner(name)
+}
+
+fn dead_owner(name: &str) -> bool {
     let Some(rest) = name.strip_prefix(NS_PREFIX) else {
         return false;
     };

@@ -390,15 +390,29 @@ impl Topology {
         let (a, _) = self.spec.mesh[k];
         Some(if a == i { lo } else { hi })
     }
-    /// Don't tear down on Drop (for `tandem lab --keep`); the namespaces stay
-    /// until removed by hand (`ip -all netns delete` removes ALL namespaces:
-    /// prefer `ip netns del <name>` for each name of [`Self::namespaces`]).
+    /// Don't tear down on Drop (for `tandem lab --keep`); the namespaces,
+    /// their processes and the work dir stay until removed by hand with
+    /// [`Self::removal_command`], and later runs do not sweep them.
     pub fn keep(&mut self) {
         self.keep = true;
         for n in &self.namespaces {
             netns::forget(n);
         }
         netns::unregister_path(&self.workdir);
+        // Later runs' stale-namespace sweep leaves a kept run alone.
+        let _ = std::fs::write(
+            self.workdir.join(netns::KEEP_MARKER),
+            "kept on purpose; remove with the command printed by the lab\n",
+        );
+    }
+
+    /// A shell command that removes this topology by hand (after [`Self::keep`]).
+    pub fn removal_command(&self) -> String {
+        format!(
+            "for n in {}; do ip netns pids $n | xargs -r kill; ip netns del $n; done; rm -rf {}",
+            self.namespaces.join(" "),
+            self.workdir.display()
+        )
     }
 
     /// Runs `argv` in namespace `ns` to completion; stdout on success.
