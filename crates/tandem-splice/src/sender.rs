@@ -121,6 +121,9 @@ pub(crate) struct Sender {
     /// Highest offset ever sent (excluding FIN).
     max_sent: u64,
     fin_sent: bool,
+    /// The FIN went out at least once (an RTO clears `fin_sent` to resend
+    /// it, but the client may still acknowledge the first one).
+    fin_ever_sent: bool,
     fin_acked: bool,
     buf: PieceBuffer,
     /// Right edge of the client's receive window (body offset).
@@ -168,6 +171,7 @@ impl Sender {
             nxt: cut,
             max_sent: cut,
             fin_sent: false,
+            fin_ever_sent: false,
             fin_acked: false,
             buf: PieceBuffer::new(cut, cfg.buffer_window),
             wnd_edge,
@@ -211,7 +215,7 @@ impl Sender {
     }
     /// Whether the FIN went out at least once.
     pub(crate) fn fin_sent_ever(&self) -> bool {
-        self.fin_sent || self.fin_acked
+        self.fin_ever_sent
     }
     /// Whether the client acknowledged the FIN (and hence every byte).
     pub(crate) fn fin_acked(&self) -> bool {
@@ -495,6 +499,7 @@ impl Sender {
             let fin = self.nxt == self.body_len && !self.fin_sent;
             if fin {
                 self.fin_sent = true;
+                self.fin_ever_sent = true;
             }
             if retransmission {
                 self.rtt_probe = None;
@@ -514,6 +519,7 @@ impl Sender {
         // 3. A bare FIN once every byte went out.
         if self.nxt == self.body_len && !self.fin_sent {
             self.fin_sent = true;
+            self.fin_ever_sent = true;
             self.arm_rto(now);
             return Some(Segment {
                 offset: self.body_len,

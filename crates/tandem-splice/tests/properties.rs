@@ -14,6 +14,13 @@ use sim::{SimConfig, assert_complete, assert_reset, run};
 use tandem_splice::{Direction, EngineConfig};
 use util::{Pair, Tcp};
 
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn sim_config() -> impl Strategy<Value = SimConfig> {
     (
         any::<u64>(),
@@ -75,7 +82,8 @@ fn sim_config() -> impl Strategy<Value = SimConfig> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // PROPTEST_CASES=2000 for a longer hunt.
+    #![proptest_config(ProptestConfig { cases: cases(96), ..ProptestConfig::default() })]
 
     #[test]
     fn random_downloads_deliver_exactly_the_body_or_reset(cfg in sim_config()) {
@@ -127,7 +135,7 @@ fn corpus(p: &mut Pair) -> Vec<(bool, Vec<u8>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(256), ..ProptestConfig::default() })]
 
     #[test]
     fn mutated_packets_never_panic(

@@ -301,3 +301,22 @@ fn regression_window_exactly_full_at_the_cut() {
         ..SimConfig::default()
     });
 }
+
+#[test]
+fn regression_ack_of_a_fin_sent_before_an_rto() {
+    // Found by the property hunt: the client acknowledged the first FIN
+    // after an RTO had scheduled it for retransmission.
+    case(SimConfig {
+        seed: 8137363624950988200,
+        body_len: 282954,
+        cut: 55092,
+        client_mss: 536,
+        client_rx: 1048576,
+        timestamps: false,
+        loss: 0.027317673555543705,
+        dup: 0.057274035935903495,
+        delay: Duration::from_millis(4),
+        piece: 17528,
+        ..SimConfig::default()
+    });
+}
