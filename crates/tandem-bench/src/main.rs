@@ -1,0 +1,2 @@
+//! tandem-bench (being built): see docs/benchmarks.md.
+fn main() {}
