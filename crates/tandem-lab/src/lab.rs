@@ -219,6 +219,10 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
     ui.section("results");
     let mut all_ok = true;
     for r in &mut results {
+        if !r.check.is_empty() {
+            all_ok = false; // the client failed; keep its reason
+            continue;
+        }
         r.check = match transfer::first_difference(&original, &r.path)? {
             None => "identical".to_owned(),
             Some(off) => {
@@ -243,6 +247,18 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
         "plot",
         &format!("{} and {}", svg_path.display(), csv_path.display()),
     );
+    // Every process's log (daemons, origin, delay line, client) for the record.
+    let logs = args.out.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    if let Ok(dir) = std::fs::read_dir(topo.workdir().join("logs")) {
+        for e in dir.filter_map(|e| e.ok()) {
+            let _ = std::fs::copy(e.path(), logs.join(e.file_name()));
+        }
+    }
+    for f in ["tandem-a.toml", "tandem-b.toml", "rules-a.sh", "rules-b.sh"] {
+        let _ = std::fs::copy(topo.workdir().join("daemons").join(f), logs.join(f));
+    }
+    ui.step("logs", &format!("{}", logs.display()));
     if let Some(d) = &daemons {
         // What A's daemon itself says (bytes per source etc.), for the record.
         match d.status_json(0) {
@@ -277,7 +293,10 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
         ui.step("cleanup", "all namespaces and processes removed");
     }
     if !all_ok {
-        bail!("a download was not byte-identical to the origin's file");
+        bail!(
+            "a download failed or was not byte-identical to the origin's file (logs: {})",
+            logs.display()
+        );
     }
     Ok(())
 }
@@ -410,10 +429,24 @@ fn measure(
     }
     let elapsed = start.elapsed();
     let status = proc.try_wait()?;
-    if !matches!(status, Some(s) if s.success()) {
-        bail!("{label}: client failed ({status:?}): {}", proc.log().trim());
-    }
-    let bytes = std::fs::metadata(&out)?.len();
+    // A failed client is a result to report (with the logs kept), not a
+    // reason to abort the lab.
+    let failure = match status {
+        Some(s) if s.success() => None,
+        other => {
+            let log = proc.log();
+            let why = log.lines().last().unwrap_or("").trim().to_owned();
+            let code = other
+                .and_then(|s| s.code())
+                .map_or("signal".to_owned(), |c| c.to_string());
+            ui.warn(&format!("{label}: the client failed (exit {code}): {why}"));
+            Some(format!(
+                "FAILED: {}",
+                if why.is_empty() { code } else { why }
+            ))
+        }
+    };
+    let bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     let per_source = prev.iter().zip(&base).map(|(a, b)| a - b).collect();
     Ok(RunResult {
         label: label.to_owned(),
@@ -422,7 +455,7 @@ fn measure(
         elapsed,
         per_source,
         samples,
-        check: String::new(),
+        check: failure.unwrap_or_default(),
     })
 }
 
@@ -446,16 +479,23 @@ fn print_table(ui: &Ui, results: &[RunResult], ideal: f64, routers: usize) {
             .iter()
             .map(|b| format!("{:.0}%", *b as f64 * 100.0 / total as f64))
             .collect();
+        let ok = r.check == "identical";
+        let (rate, eff) = if ok {
+            (
+                format!("{:>8.2} Mbit/s", r.bytes as f64 * 8.0 / secs / 1e6),
+                format!("{:>9.0} %", ideal / secs * 100.0),
+            )
+        } else {
+            (format!("{:>15}", "—"), format!("{:>11}", "—"))
+        };
         let line = format!(
-            "  {:<30} {:>7.2} s {:>8.2} Mbit/s {:>9.0} %   {:<18} {}",
+            "  {:<30} {:>7.2} s {rate} {eff}   {:<18} {}",
             r.label,
             secs,
-            r.bytes as f64 * 8.0 / secs / 1e6,
-            ideal / secs * 100.0,
             shares.join(" / "),
             r.check
         );
-        if r.check == "identical" {
+        if ok {
             println!("{line}");
         } else {
             println!("{}", ui.red(&line));
