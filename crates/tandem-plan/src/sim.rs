@@ -573,10 +573,13 @@ impl Relay {
 
     fn next_event(&self, t: Duration, chunk: u64) -> Duration {
         let mut next = Duration::MAX;
+        // A request still on its way; one that has arrived waits for the
+        // current plan to be fully assigned, which other events bring.
         if self.subs.len() < 2
             && let Some(p) = self.pending.front()
+            && p.2 > t
         {
-            next = next.min(p.2.max(t));
+            next = next.min(p.2);
         }
         for (i, f) in self.fifos.iter().enumerate() {
             next = next.min(f.next_event(t, self.rate(i), chunk));
@@ -810,6 +813,7 @@ pub fn run_download(
 
     let mut received = RangeSet::new();
     let mut reports = Vec::new();
+    let mut stuck_steps = 0u32;
     let mut t = t0;
     loop {
         result.steps += 1;
@@ -900,6 +904,15 @@ pub fn run_download(
         }
         if next == Duration::MAX || next > limit {
             break;
+        }
+        // Guard against a model bug spinning without time moving on.
+        if next == t {
+            stuck_steps += 1;
+            if stuck_steps > 100_000 {
+                break;
+            }
+        } else {
+            stuck_steps = 0;
         }
         // 3. Advance fluid progress to `next`.
         for (i, s) in srcs.iter_mut().enumerate() {

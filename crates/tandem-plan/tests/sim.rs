@@ -266,7 +266,7 @@ mod random_scenarios {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
         /// Liveness and the memory bound: whatever the rates, latencies,
         /// slowdowns and deaths (A itself never dies), every download
@@ -281,15 +281,31 @@ mod random_scenarios {
             cut_overshoot in 0u64..(1 << 20),
             cut_delay_ms in 0u64..30,
             proportional in any::<bool>(),
+            relay in prop::option::weighted(0.3, (1.0f64..30.0, 1.0f64..30.0, 5.0f64..60.0)),
+            shared in prop::option::weighted(0.2, 10.0f64..60.0),
+            rule_average in any::<bool>(),
         ) {
+            let mut neighbours = neighbours;
+            if let Some((own, c, link)) = relay {
+                // A 2-hop neighbour running its own planner.
+                let mut b = Neighbour::new(own, link);
+                b.behind = vec![(
+                    tandem_plan::Rate::from_mbit(54.0),
+                    tandem_plan::AdvertTree::leaf(tandem_plan::Rate::from_mbit(c)),
+                )];
+                neighbours.push(b);
+            }
             let mut sc = Scenario::new("random", size, neighbours);
+            sc.nested = relay.is_some();
+            sc.shared_channel = shared.map(tandem_plan::Rate::from_mbit);
             sc.a_uplink = tandem_plan::Rate::from_mbit(a_up);
             sc.wan_one_way = Duration::from_millis(wan_ms);
             sc.cut_overshoot = cut_overshoot;
             sc.cut_delay = Duration::from_millis(cut_delay_ms);
             let cfg = PlannerConfig { window: window_kib << 10, ..PlannerConfig::default() };
             let policy = if proportional { Policy::Proportional } else { Policy::Dynamic };
-            let r = run_download(&sc, policy, AdvertRule::CappedSum, &cfg);
+            let rule = if rule_average { AdvertRule::Average } else { AdvertRule::CappedSum };
+            let r = run_download(&sc, policy, rule, &cfg);
             prop_assert!(r.completion.is_some(), "did not complete: {:?}", r);
             prop_assert!(r.peak_buffer <= cfg.window, "peak {} > window {}", r.peak_buffer, cfg.window);
         }
