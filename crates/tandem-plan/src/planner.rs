@@ -268,8 +268,10 @@ pub enum PlanEvent {
     Complete,
     /// Every source that could take pieces is gone while bytes are still
     /// missing: nothing more will be assigned. Before the cut, do not cut
-    /// (the original flow carries on); after it, the download cannot be
-    /// finished and the client's connection must be reset. Emitted once.
+    /// (the original flow carries on); after it, unless a new source is
+    /// added, the download cannot be finished and the client's connection
+    /// must be reset. Emitted once per exhaustion (adding a source re-arms
+    /// it).
     SourcesExhausted,
 }
 
@@ -507,6 +509,8 @@ impl Planner {
         });
         if spec.kind == SourceKind::OriginalFlow {
             self.original = Some(id);
+        } else {
+            self.exhausted_emitted = false;
         }
         Ok(id)
     }

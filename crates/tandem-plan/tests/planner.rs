@@ -709,3 +709,19 @@ fn a_silent_holder_is_duplicated_and_stalled_without_waiting_for_the_timer() {
         "no fresh work for the dead source"
     );
 }
+
+#[test]
+fn exhaustion_is_reported_again_after_a_new_source_goes() {
+    let mut p = Planner::new(0..MIB, PlannerConfig::default()).unwrap();
+    let a = p
+        .add_source(SourceSpec::local(mbit(20.0), ms(20)), ms(0))
+        .unwrap();
+    p.source_gone(a, ms(1)).unwrap();
+    assert_eq!(events(&mut p), vec![PlanEvent::SourcesExhausted]);
+    let b = p
+        .add_source(SourceSpec::peer(mbit(20.0), mbit(54.0), ms(20)), ms(2))
+        .unwrap();
+    assert_eq!(p.next_assignment(b, ms(2)).unwrap().range.start, 0);
+    p.source_gone(b, ms(3)).unwrap();
+    assert_eq!(events(&mut p), vec![PlanEvent::SourcesExhausted]);
+}
