@@ -141,7 +141,10 @@ pub(crate) struct Sender {
     rtx_budget: u32,
     srtt: Option<Duration>,
     rttvar: Duration,
+    /// Current (possibly backed-off) retransmission timeout.
     rto: Duration,
+    /// RTO from the RTT estimate, without backoff.
+    base_rto: Duration,
     retries: u32,
     rto_deadline: Option<Instant>,
     /// (end offset, send time) of the segment being timed (Karn).
@@ -186,6 +189,7 @@ impl Sender {
             srtt: None,
             rttvar: Duration::ZERO,
             rto: cfg.initial_rto,
+            base_rto: cfg.initial_rto,
             retries: 0,
             rto_deadline: None,
             rtt_probe: None,
@@ -323,7 +327,11 @@ impl Sender {
                     self.rtt_probe = None;
                 }
             }
+            // An ACK of new data ends the backoff (as BSD does): without
+            // it, a lossy flow whose samples are all ambiguous (Karn) would
+            // stay at the backed-off RTO for good.
             self.retries = 0;
+            self.rto = self.base_rto;
             self.dupacks = 0;
             match self.recover {
                 Some(rec) if ack < rec => {
@@ -400,8 +408,9 @@ impl Sender {
             }
         }
         let srtt = self.srtt.unwrap_or(r);
-        self.rto = (srtt + (self.rttvar * 4).max(Duration::from_millis(1)))
+        self.base_rto = (srtt + (self.rttvar * 4).max(Duration::from_millis(1)))
             .clamp(self.cfg.min_rto, self.cfg.max_rto);
+        self.rto = self.base_rto;
     }
 
     /// The next timer deadline.
@@ -480,7 +489,15 @@ impl Sender {
         }
 
         // 2. New data (or data being resent after an RTO) within both windows.
-        let pipe_limit = self.una + self.cwnd + self.sacked.total();
+        // Limited transmit (RFC 3042): each of the first two duplicate
+        // ACKs lets one new segment out, so that small windows still get
+        // the three duplicates fast retransmit needs.
+        let limited = if self.recover.is_none() {
+            u64::from(self.dupacks.min(2)) * mss
+        } else {
+            0
+        };
+        let pipe_limit = self.una + self.cwnd + self.sacked.total() + limited;
         let limit = self.wnd_edge.min(pipe_limit);
         if self.nxt < avail && self.nxt < limit {
             let mut len = (avail - self.nxt).min(limit - self.nxt).min(mss);

@@ -320,3 +320,20 @@ fn regression_ack_of_a_fin_sent_before_an_rto() {
         ..SimConfig::default()
     });
 }
+
+#[test]
+fn regression_lossy_no_sack_mss_536() {
+    case(SimConfig {
+        seed: 871494491343800026,
+        body_len: 74925,
+        cut: 12872,
+        client_mss: 536,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: false,
+        loss: 0.03629969934662788,
+        delay: Duration::from_millis(3),
+        piece: 12411,
+        ..SimConfig::default()
+    });
+}
