@@ -678,6 +678,19 @@ t_makefile_metadata() {
   [ "$(cat "$out/source-dir")" = "$REPO" ] || fail "source dir $(cat "$out/source-dir") != $REPO"
   grep -q "$REPO/Cargo.lock" "$out/file-depends" || fail "PKG_FILE_DEPENDS misses Cargo.lock"
   sh -n "$out/prerm" || fail "prerm is not valid sh"
+  # prerm on a router: drops the fw3 include uci-defaults registered
+  mkdir -p "$out/bin"
+  printf '#!/bin/sh\necho "uci $*" >>"%s"\n[ "$*" = "-q get firewall.tandem" ] && echo include\nexit 0\n' \
+    "$out/uci.log" >"$out/bin/uci"
+  chmod +x "$out/bin/uci"
+  PATH="$out/bin:$PATH" IPKG_INSTROOT= sh "$out/prerm" || fail "prerm failed"
+  cat "$out/uci.log"
+  grep -qx "uci -q delete firewall.tandem" "$out/uci.log" || fail "prerm does not delete the include"
+  grep -qx "uci -q commit firewall" "$out/uci.log" || fail "prerm does not commit"
+  # building an image (IPKG_INSTROOT set): touches nothing
+  : >"$out/uci.log"
+  PATH="$out/bin:$PATH" IPKG_INSTROOT=/some/rootfs sh "$out/prerm" || fail "prerm failed"
+  [ ! -s "$out/uci.log" ] || fail "prerm ran uci while building an image"
 }
 
 # With the feed added by src-link, OpenWrt runs make in
