@@ -318,9 +318,17 @@ fn daemon_killed_mid_download_never_corrupts_or_leaks() {
         .proc(0)
         .unwrap()
         .signal(tandem_lab::Signal::SIGKILL);
-    match transfer::finish(&p, start, &got, Duration::from_secs(300)) {
+    // 32 MiB over one 20 Mbit/s uplink take ~15 s; 120 s means stuck.
+    match transfer::finish(&p, start, &got, Duration::from_secs(120)) {
         Ok(_) => assert_same_bytes(&w.file, &got).unwrap(),
-        Err(e) => println!("client saw a clean failure: {e:#}"),
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(
+                !e.contains("did not finish"),
+                "the client hangs instead of failing: {e}"
+            );
+            println!("client saw a clean failure: {e}");
+        }
     }
     let pcap = cap.stop().unwrap();
     capture::check_no_lan_source(&pcap).unwrap();

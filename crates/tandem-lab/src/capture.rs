@@ -19,8 +19,8 @@ use crate::topology::{Proc, Topology};
 /// Display filter matching any packet with a documentation-LAN source.
 pub const LAN_SOURCE_FILTER: &str = "ip.src == 192.0.2.0/24";
 
-/// Display filter matching packets tshark flags as malformed or with a bad
-/// IP/TCP checksum (tshark 4.0 has no "window exceeded" analysis; see
+/// Display filter matching packets tshark flags as malformed (IP/TCP; the
+/// check runs with the HTTP dissector off) or with a bad IP/TCP checksum (tshark 4.0 has no "window exceeded" analysis; see
 /// [`window_violations`] for that).
 pub const EXPERT_PROBLEM_FILTER: &str =
     "ip.checksum.status == 0 || tcp.checksum.status == 0 || _ws.malformed";
@@ -69,7 +69,18 @@ impl Capture {
 
 /// Frames of `pcap` matching the display filter, as one summary line each.
 pub fn matching(pcap: &Path, filter: &str) -> Result<Vec<String>> {
-    let out = netns::run(Command::new("tshark").args(["-n", "-r"]).arg(pcap).args([
+    matching_with(pcap, filter, false)
+}
+
+/// Like [`matching`]; `transport_only` disables the HTTP dissector, so
+/// `_ws.malformed` only reports IP/TCP problems (tshark's media dissectors
+/// call a 206 piece of an MP4 "malformed", which says nothing about tandem).
+pub fn matching_with(pcap: &Path, filter: &str, transport_only: bool) -> Result<Vec<String>> {
+    let mut cmd = Command::new("tshark");
+    if transport_only {
+        cmd.args(["--disable-protocol", "http"]);
+    }
+    let out = netns::run(cmd.args(["-n", "-r"]).arg(pcap).args([
         "-o",
         "tcp.check_checksum:TRUE",
         "-o",
@@ -222,7 +233,7 @@ pub fn analyse_windows(csv: &str) -> WindowReport {
 }
 
 fn fail_if_any(pcap: &Path, filter: &str, what: &str) -> Result<()> {
-    let hits = matching(pcap, filter)?;
+    let hits = matching_with(pcap, filter, true)?;
     if !hits.is_empty() {
         bail!(
             "{}: {} {what} ({filter}), e.g.:\n{}",
