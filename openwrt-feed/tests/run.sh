@@ -331,7 +331,7 @@ t_quoting() {
 t_network_down() {
   local c="$WORK/netdown"
   new_case "$c" "$FIX/example.uci"
-  NETDEV_wan= init "$c" start_service && fail "started without a WAN device"
+  NETDEV_wan='' init "$c" start_service && fail "started without a WAN device"
   cat "$c/logger.log"
   grep -q "network 'wan' has no device yet" "$c/logger.log" || fail "no warning for wan"
   grep -q "no LAN or no WAN device" "$c/logger.log" || fail "no 'not starting' line"
@@ -544,7 +544,7 @@ t_fw3_start_include_stop() {
 t_daemon_runs_from_generated_config() {
   need_netns
   "$BIN" keygen --help >/dev/null 2>&1 || skip "this tandem binary has no keygen subcommand yet"
-  local c="$WORK/daemon" cmd envs pid i st
+  local c="$WORK/daemon" cmd envs pid st
   new_case "$c" "$FIX/example.uci"
   rm -f "$c/etc/tandem/key"
   sed -i "s/option firewall 'none'/option firewall 'fw3'/; s|option status_socket '.*'|option status_socket '$c/var/tandem.sock'|" "$c/uci/tandem"
@@ -559,7 +559,7 @@ t_daemon_runs_from_generated_config() {
   ip netns exec "$NETNS" env -i PATH="$PATH" $envs $cmd >"$c/daemon.log" 2>&1 &
   pid=$!
   st=1
-  for i in $(seq 1 100); do # bounded wait for the socket, not a timing assertion
+  for _ in $(seq 1 100); do # bounded wait for the socket, not a timing assertion
     if ip netns exec "$NETNS" "$BIN" status --socket "$c/var/tandem.sock" >"$c/status.txt" 2>&1; then
       st=0
       break
@@ -683,7 +683,7 @@ t_makefile_metadata() {
   printf '#!/bin/sh\necho "uci $*" >>"%s"\n[ "$*" = "-q get firewall.tandem" ] && echo include\nexit 0\n' \
     "$out/uci.log" >"$out/bin/uci"
   chmod +x "$out/bin/uci"
-  PATH="$out/bin:$PATH" IPKG_INSTROOT= sh "$out/prerm" || fail "prerm failed"
+  PATH="$out/bin:$PATH" IPKG_INSTROOT='' sh "$out/prerm" || fail "prerm failed"
   cat "$out/uci.log"
   grep -qx "uci -q delete firewall.tandem" "$out/uci.log" || fail "prerm does not delete the include"
   grep -qx "uci -q commit firewall" "$out/uci.log" || fail "prerm does not commit"
