@@ -477,6 +477,44 @@ t_fw4_start_stop() {
   [ ! -e "$c/var/tandem.nft" ] || fail "rules file left after stop (fw4 would include it)"
 }
 
+# What fw4 does with the include on every (re)start: one `nft -f` of its
+# own table plus `include` of each /usr/share/nftables.d/ruleset-post file
+# (the symlink the package installs, resolved to the generated rules).
+# Loading that twice (a firewall reload) keeps one tandem table next to fw4's.
+t_fw4_ruleset_include() {
+  need_netns
+  local c="$WORK/fw4inc" link
+  new_case "$c" "$FIX/example.uci"
+  init "$c" eval 'config_load tandem && write_config' || fail "write_config"
+  "$BIN" rules nft --config "$c/var/tandem.toml" |
+    sed -E 's/queue num [0-9]+ bypass/accept/' >"$c/var/tandem.nft" # no CONFIG_NFT_QUEUE here
+  mkdir -p "$c/usr/share/nftables.d/ruleset-post"
+  link="$c/usr/share/nftables.d/ruleset-post/30-tandem.nft"
+  ln -s "$c/var/tandem.nft" "$link"
+  cat >"$c/fw4-ruleset.nft" <<EOF
+table inet fw4
+flush table inet fw4
+
+table inet fw4 {
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+	}
+}
+
+include "$link"
+EOF
+  ip netns exec "$NETNS" nft -c -f "$c/fw4-ruleset.nft" || fail "fw4-style ruleset with the include rejected"
+  ip netns exec "$NETNS" nft -f "$c/fw4-ruleset.nft" || fail "first load"
+  ip netns exec "$NETNS" nft -f "$c/fw4-ruleset.nft" || fail "reload"
+  ip netns exec "$NETNS" nft list tables
+  [ "$(ip netns exec "$NETNS" nft list tables | grep -c '^table inet tandem$')" = 1 ] || fail "tandem table not there once"
+  [ "$(ip netns exec "$NETNS" nft list tables | grep -c '^table inet fw4$')" = 1 ] || fail "fw4 table not there once"
+  ip netns exec "$NETNS" nft list chain inet tandem forward_mangle >/dev/null || fail "forward_mangle missing"
+  ip netns exec "$NETNS" nft delete table inet fw4
+  ip netns exec "$NETNS" nft delete table inet tandem
+}
+
 # fw4 must never be handed a file nft rejects: a failing `nft -c` keeps the
 # daemon (and the include) out.
 t_fw4_rejected_rules_not_installed() {
@@ -769,6 +807,7 @@ run_test "/etc/init.d/tandem check" t_check_command
 run_test "nft rules: only queue statements fail nft -c here" t_nft_rules_check
 run_test "fw4: start loads table inet tandem, reload replaces, stop removes" t_fw4_start_stop
 run_test "fw4: rules nft rejects are never installed" t_fw4_rejected_rules_not_installed
+run_test "fw4: a fw4-style ruleset including the symlink loads and reloads" t_fw4_ruleset_include
 run_test "fw3: iptables rules load, include restores them, stop removes" t_fw3_start_include_stop
 run_test "daemon runs from the generated config, answers status, stops on TERM" t_daemon_runs_from_generated_config
 run_test "uci-defaults registers the fw3 include (only on fw3)" t_uci_defaults
