@@ -135,6 +135,9 @@ impl SegInfo {
     }
 }
 
+/// How far injected TSvals run ahead of the estimated origin clock.
+const TS_LEAD_MS: u32 = 1000;
+
 /// Control packets waiting to be sent.
 mod pending {
     pub const ACK_ORIGIN: u8 = 1;
@@ -173,8 +176,10 @@ pub(crate) struct Flow {
     client_tos: u8,
     /// End of the highest segment the origin sent.
     origin_max: SeqNumber,
+    /// The origin's newest TSval (echoed to it).
     origin_ts: u32,
-    origin_ts_at: Instant,
+    /// Estimate of the origin's clock: a value and when it held.
+    ts_clock: Option<(u32, Instant)>,
     origin_window_raw: u16,
     origin_ttl: u8,
     origin_tos: u8,
@@ -206,6 +211,8 @@ pub(crate) struct Flow {
     last_origin_ack: Option<Instant>,
     pending: u8,
     rst_client_budget: u8,
+    /// Timed repeats of the RST to the client left.
+    rst_client_repeats: u8,
     /// RSTs sent to the origin (repeated: one may be lost on the WAN).
     rst_origin_sent: u8,
     /// When to repeat the RST to the client (it may be lost).
@@ -246,7 +253,7 @@ impl Flow {
             client_tos: meta.tos,
             origin_max: SeqNumber(0),
             origin_ts: 0,
-            origin_ts_at: now,
+            ts_clock: None,
             origin_window_raw: 0,
             origin_ttl: 64,
             origin_tos: 0,
@@ -265,11 +272,12 @@ impl Flow {
             ack_to_client: SeqNumber(0),
             client_fin_acked: false,
             stop_ack: SeqNumber(0),
-            origin_rcv_nxt: SeqNumber(0),
+            origin_rcv_nxt: syn.seq.add(1),
             origin_gone: false,
             last_origin_ack: None,
             pending: 0,
             rst_client_budget: 0,
+            rst_client_repeats: 0,
             rst_origin_sent: 0,
             rst_timer: None,
             linger_until: None,
@@ -299,10 +307,26 @@ impl Flow {
     }
 
     /// Current TSval continuing the origin's clock (1 ms ticks assumed,
-    /// monotonic: never below the origin's last value).
+    /// monotonic: never below the origin's last value), led by
+    /// [`TS_LEAD_MS`].
+    ///
+    /// The engine sees the origin's TSvals one trip late, and the origin's
+    /// own segments before the cut may reach the client after injected
+    /// ones: an in-order origin segment then sets the client's TS.Recent
+    /// above a plain estimate and PAWS would drop the injected segments.
+    /// A TSval ahead of the origin's clock is harmless: PAWS only rejects
+    /// older values, and injected segments (which start at the cut) can
+    /// only update TS.Recent once every origin byte before the cut is in.
     fn tsval_now(&self, now: Instant) -> u32 {
-        let ms = now.saturating_duration_since(self.origin_ts_at).as_millis();
-        self.origin_ts.wrapping_add(ms as u32)
+        self.ts_clock_estimate(now)
+            .unwrap_or(self.origin_ts)
+            .wrapping_add(TS_LEAD_MS)
+    }
+
+    fn ts_clock_estimate(&self, now: Instant) -> Option<u32> {
+        let (v, at) = self.ts_clock?;
+        let ms = now.saturating_duration_since(at).as_millis();
+        Some(v.wrapping_add(ms as u32))
     }
 
     // ----- packet input ------------------------------------------------
@@ -408,6 +432,16 @@ impl Flow {
                     }
                 }
                 self.client_next = self.client_next.max_of(seg.end());
+                if matches!(
+                    self.state,
+                    FlowState::Handshake
+                        | FlowState::Observing
+                        | FlowState::HeadSeen
+                        | FlowState::Streaming
+                ) {
+                    // Until the cut is done every client byte reaches the origin.
+                    self.origin_rcv_nxt = self.client_next;
+                }
                 self.client_ttl = meta.ttl;
                 self.client_tos = meta.tos;
             }
@@ -416,7 +450,14 @@ impl Flow {
                 if let Some((v, _)) = seg.ts {
                     if SeqNumber(v).after(SeqNumber(self.origin_ts)) || self.origin_ts == 0 {
                         self.origin_ts = v;
-                        self.origin_ts_at = now;
+                        // The estimate only moves forward: a delayed
+                        // segment may carry a newer but lagging value.
+                        let behind = self
+                            .ts_clock_estimate(now)
+                            .is_none_or(|est| SeqNumber(v).after(SeqNumber(est)));
+                        if behind {
+                            self.ts_clock = Some((v, now));
+                        }
                     }
                 }
                 self.origin_window_raw = seg.window;
@@ -649,7 +690,10 @@ impl Flow {
         self.state = FlowState::Failed;
         if !was_finished {
             self.pending |= pending::RST_CLIENT;
-            self.rst_client_budget = 3;
+            // Answers to the client's (challenge) ACKs, and timed repeats;
+            // each uses the client's newest ACK as the sequence number.
+            self.rst_client_budget = 8;
+            self.rst_client_repeats = 3;
             self.rst_timer = Some(now + cfg.min_rto);
         }
         if !self.origin_gone {
@@ -946,7 +990,9 @@ impl Flow {
                 // An RST may have been lost: repeat it (an endpoint that got
                 // it has no connection left and ignores the copy).
                 let mut again = false;
-                if self.rst_client_budget > 0 && self.state == FlowState::Failed {
+                if self.rst_client_repeats > 0 && self.state == FlowState::Failed {
+                    self.rst_client_repeats -= 1;
+                    self.rst_client_budget = self.rst_client_budget.saturating_add(1);
                     self.pending |= pending::RST_CLIENT;
                     again = true;
                 }
@@ -1046,11 +1092,7 @@ impl Flow {
         TcpSegment {
             src: self.key.client,
             dst: self.key.origin,
-            seq: if self.state == FlowState::Streaming {
-                self.client_next
-            } else {
-                self.origin_rcv_nxt
-            },
+            seq: self.origin_rcv_nxt,
             ack: self.stop_ack.max_of(self.origin_max),
             flags,
             window,

@@ -337,3 +337,22 @@ fn regression_lossy_no_sack_mss_536() {
         ..SimConfig::default()
     });
 }
+
+#[test]
+fn regression_withheld_piece_while_streaming() {
+    case(SimConfig {
+        seed: 11664215375957756712,
+        body_len: 234116,
+        cut: 27908,
+        client_mss: 536,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: false,
+        loss: 0.04495196171149661,
+        delay: Duration::from_millis(4),
+        piece: 3819,
+        withhold: Some(120996),
+        limit: Duration::from_secs(100),
+        ..SimConfig::default()
+    });
+}

@@ -757,6 +757,9 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             }
         }
         for p in std::mem::take(&mut client.dev.tx) {
+            if std::env::var_os("SIM_TRACE").is_some() {
+                trace(t, "client->", &p);
+            }
             if let Ok(meta) = parse_ip_tcp(&p) {
                 if let Ok(tcp) = TcpPacket::new_checked(&p[meta.tcp_offset..meta.ip_len]) {
                     if tcp.flags().contains(TcpFlags::ACK) {
