@@ -251,7 +251,9 @@ impl Engine {
                 continue;
             };
             if let Some(to) = f.poll_transmit(now, buf, &mut self.scratch) {
-                self.rr = idx;
+                // Next call starts with the next flow: one packet per flow
+                // per round, so a bulk flow cannot starve the others.
+                self.rr = (idx + 1) % n;
                 self.stats.transmitted += 1;
                 return Some(Transmit {
                     flow: id,

@@ -696,3 +696,42 @@ fn client_reset_fails_the_flow_and_resets_the_origin() {
             .any(|(to, s)| *to == Destination::ToOrigin && s.rst)
     );
 }
+
+#[test]
+fn concurrent_flows_are_isolated_and_served_in_turn() {
+    let mut p = Pair::new(false, true, true);
+    let a_addr = p.client;
+    let a = p.open(100_000, 0);
+    p.engine.accelerate(p.now, a, 0).unwrap();
+    assert_eq!(p.client_ack(0, 1000).0, Verdict::Drop);
+    let _ = p.events();
+    let mut b_addr = p.client;
+    b_addr.set_port(40001);
+    p.client = b_addr;
+    let b = p.open(100_000, 0);
+    assert_ne!(a, b);
+    p.engine.accelerate(p.now, b, 0).unwrap();
+    assert_eq!(p.client_ack(0, 1000).0, Verdict::Drop);
+    let _ = p.events();
+    let mut buf = Vec::new();
+    while p.engine.poll_transmit(p.now, &mut buf).is_some() {}
+    p.engine
+        .push_piece(p.now, a, 0, &Pair::body(0..10_000))
+        .unwrap();
+    p.engine
+        .push_piece(p.now, b, 0, &Pair::body(0..10_000))
+        .unwrap();
+    let mut order = Vec::new();
+    while let Some(t) = p.engine.poll_transmit(p.now, &mut buf) {
+        let s = util::parse(&buf);
+        let want = if t.flow == a { a_addr } else { b_addr };
+        assert_eq!(s.dst, want);
+        order.push(t.flow);
+    }
+    assert_eq!(order.len(), 14);
+    // Served in turn, not one flow's burst after the other's.
+    assert!(order.windows(2).all(|w| w[0] != w[1]), "{order:?}");
+    // Failing one leaves the other alone.
+    p.engine.fail(p.now, a);
+    assert!(p.engine.flow_info(b).unwrap().state == "injecting");
+}
