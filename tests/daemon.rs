@@ -349,7 +349,13 @@ fn real_rules_without_daemon_fail_open() {
     // Placeholder keys: the rules do not depend on them.
     let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=".to_string();
     std::fs::write(dir.join("key-a"), &key).unwrap();
-    let spec = lab_spec(&topo, 0, &dir, &[key.clone(), key], 1 << 20);
+    let spec = lab_spec(
+        &topo,
+        0,
+        &dir,
+        &[key.clone(), key],
+        &DaemonOptions::default(),
+    );
     let conf = write_config(&topo, &spec).unwrap();
     install_rules(&topo, &tandem_exe(), 0, &conf).unwrap();
     let (www, file) = www_with_file(&topo, "video.mp4", 4 * MIB, 9);

@@ -56,6 +56,8 @@ pub struct DaemonSpec {
     pub wan: Vec<String>,
     /// Uplink download rate, Mbit/s.
     pub uplink_mbit: f64,
+    /// `[uplink] neighbour_share` (None: the daemon's default).
+    pub neighbour_share: Option<f64>,
     /// NFQUEUE number.
     pub queue: u16,
     /// Smallest body accelerated, bytes.
@@ -81,7 +83,7 @@ pub fn daemon_config(d: &DaemonSpec) -> String {
          \n[node]\nname = {name:?}\nprivate_key_file = {key:?}\nlisten = \"{listen}\"\ntestbed = {testbed}\n\
          \n[queue]\nnumber = {queue}\n\
          \n[interfaces]\nlan = [{lan}]\nwan = [{wan}]\n\
-         \n[uplink]\nrate_mbit = {rate:.1}\n\
+         \n[uplink]\nrate_mbit = {rate:.1}\n{share}\
          \n[eligibility]\nmin_size = {min_size}\n\
          \n[status]\nsocket = {sock:?}\n",
         name = d.name,
@@ -92,6 +94,10 @@ pub fn daemon_config(d: &DaemonSpec) -> String {
         lan = list(&d.lan),
         wan = list(&d.wan),
         rate = d.uplink_mbit,
+        share = d
+            .neighbour_share
+            .map(|v| format!("neighbour_share = {v:.2}\n"))
+            .unwrap_or_default(),
         min_size = d.min_size,
         sock = d.status_socket.display().to_string(),
     );
@@ -138,7 +144,7 @@ pub fn lab_spec(
     i: usize,
     dir: &Path,
     pubkeys: &[String],
-    min_size: u64,
+    opts: &DaemonOptions,
 ) -> DaemonSpec {
     let spec = topo.spec();
     let uplink = spec.down.map(|r| r.as_mbit()).unwrap_or(1000.0);
@@ -164,8 +170,9 @@ pub fn lab_spec(
         lan: vec!["lan0".into()],
         wan: vec!["wan0".into()],
         uplink_mbit: uplink,
+        neighbour_share: opts.neighbour_share,
         queue: DAEMON_QUEUE,
-        min_size,
+        min_size: opts.min_size,
         status_socket: dir.join(format!("status-{me}.sock")),
         peers,
     }
@@ -219,6 +226,8 @@ pub struct DaemonOptions {
     pub install_rules: bool,
     /// How long to wait before checking that every daemon is still running.
     pub settle: Duration,
+    /// `[uplink] neighbour_share` for every daemon (None: the default).
+    pub neighbour_share: Option<f64>,
 }
 
 impl Default for DaemonOptions {
@@ -227,6 +236,7 @@ impl Default for DaemonOptions {
             min_size: 1 << 20,
             install_rules: true,
             settle: Duration::from_millis(1500),
+            neighbour_share: None,
         }
     }
 }
@@ -252,7 +262,7 @@ impl Daemons {
         let mut procs = Vec::new();
         for &i in routers {
             let me = router_letter(i);
-            let conf = write_config(topo, &lab_spec(topo, i, &dir, &pubkeys, opts.min_size))?;
+            let conf = write_config(topo, &lab_spec(topo, i, &dir, &pubkeys, opts))?;
             if opts.install_rules {
                 install_rules(topo, exe, i, &conf)?;
             }
@@ -329,6 +339,7 @@ mod tests {
             lan: vec!["lan0".into()],
             wan: vec!["wan0".into()],
             uplink_mbit: 20.0,
+            neighbour_share: Some(1.0),
             queue: 7,
             min_size: 1 << 20,
             status_socket: "/tmp/run/status-b.sock".into(),
@@ -345,7 +356,7 @@ mod tests {
             "[node]\nname = \"b\"\nprivate_key_file = \"/tmp/run/key-b\"\nlisten = \"0.0.0.0:7788\"\ntestbed = true\n",
             "[queue]\nnumber = 7",
             "[interfaces]\nlan = [\"lan0\"]\nwan = [\"wan0\"]",
-            "[uplink]\nrate_mbit = 20.0",
+            "[uplink]\nrate_mbit = 20.0\nneighbour_share = 1.00\n",
             "[eligibility]\nmin_size = 1048576",
             "[status]\nsocket = \"/tmp/run/status-b.sock\"",
             "[[peer]]\nname = \"a\"\naddress = \"192.0.2.129:7788\"\npublic_key = \"AAAA",

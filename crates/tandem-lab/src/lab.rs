@@ -62,6 +62,12 @@ pub struct LabArgs {
     /// Only the first download (A alone); start no daemons.
     #[arg(long)]
     pub alone_only: bool,
+    /// Share of each neighbour's uplink that may serve others
+    /// (`[uplink] neighbour_share`). The lab's neighbours have no users of
+    /// their own, so the default lends the whole uplink; 0.5 is the daemon's
+    /// default on a real router.
+    #[arg(long, default_value_t = 1.0)]
+    pub neighbour_share: f64,
 }
 
 /// Which origin server the lab starts.
@@ -205,7 +211,7 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        daemons = start_daemons(&topo, &ui, &tandem_exe, args.routers);
+        daemons = start_daemons(&topo, &ui, &tandem_exe, args.routers, args.neighbour_share);
         let (label, short) = if daemons.is_some() {
             ("A + neighbours (tandem)", "A + tandem")
         } else {
@@ -301,10 +307,26 @@ pub fn run_lab(args: LabArgs, tandem_exe: &Path) -> Result<()> {
     Ok(())
 }
 
-fn start_daemons(topo: &Topology, ui: &Ui, tandem_exe: &Path, routers: usize) -> Option<Daemons> {
+fn start_daemons(
+    topo: &Topology,
+    ui: &Ui,
+    tandem_exe: &Path,
+    routers: usize,
+    share: f64,
+) -> Option<Daemons> {
     let all: Vec<usize> = (0..routers).collect();
-    match Daemons::start(topo, tandem_exe, &all, &DaemonOptions::default()) {
+    let opts = DaemonOptions {
+        neighbour_share: Some(share),
+        ..DaemonOptions::default()
+    };
+    match Daemons::start(topo, tandem_exe, &all, &opts) {
         Ok(d) => {
+            ui.step(
+                "daemons",
+                &format!(
+                    "neighbour_share = {share} (each neighbour lends that share of its uplink)"
+                ),
+            );
             for i in all {
                 if let Some(p) = d.proc(i) {
                     let who = router_letter(i).to_ascii_uppercase();
