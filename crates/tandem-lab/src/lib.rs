@@ -20,6 +20,13 @@
 //!   is from the documentation ranges (see docs/lab.md).
 //! - Entry points for the `tandem` binary: [`run_delayline`] (hidden
 //!   subcommand `tandem delayline`) and [`run_lab`] (`tandem lab`).
+//!   [`daemon::Daemons`] starts `tandem run` on routers for the tests.
+//! - Errors are `anyhow::Error` with context: this is tooling whose errors
+//!   go to a person (test output, terminal), and the entry points' signatures
+//!   are fixed by the binary. The pure parts — [`delayline::DelayFifo`],
+//!   [`plot`], [`capture::analyse_windows`], [`netns::parse_net_dev`] — take
+//!   all inputs (including time) as arguments and are unit-tested without
+//!   root.
 
 pub mod capture;
 pub mod daemon;

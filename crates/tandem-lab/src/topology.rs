@@ -3,10 +3,15 @@
 //! routers, and an origin server behind the internet.
 //!
 //! ```text
-//!   client-a ── lan0 [A] wan0 ══ up-a ┐                       ┌ origin0 ── eth0 [origin]
-//!                    mesh-b            [inet] (delay line) ───┘            203.0.113.10
-//!                      │                up-b ══ wan0 [B] mesh-c ── mesh-b [C] wan0 ══ up-c
-//!                    mesh-a ──────────────────────┘
+//!  [client-a]──lan0 [A] wan0══up-a ─┐
+//!                  mesh-b            │
+//!                    │               ├─ [inet] (delay line) ── origin0 ── [origin]
+//!                  mesh-a            │                                    203.0.113.10
+//!                   [B] wan0══up-b ─┤
+//!                  mesh-c            │
+//!                    │               │
+//!                  mesh-b            │
+//!                   [C] wan0══up-c ─┘      ══ HTB-shaped uplink, both ways
 //! ```
 //!
 //! See docs/lab.md for the addressing plan. Everything the topology creates
