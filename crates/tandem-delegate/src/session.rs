@@ -539,13 +539,22 @@ impl SessionTask {
     async fn run_inner(&mut self) -> Result<(), SessionError> {
         loop {
             self.pump()?;
-            if self.complete {
+            if self.complete || self.received.contains_range(&self.planner.body()) {
                 return Ok(());
             }
             if self.slots.iter().all(|s| s.state == SlotState::Dead) {
                 return Err(SessionError::AllSourcesLost);
             }
             let deadline = self.planner.poll_timeout().map(|d| self.start + d);
+            tracing::trace!(
+                session = %self.key,
+                cursor = self.planner.cursor(),
+                live = self.planner.live_pieces(),
+                received = self.received.len(),
+                timeout = ?self.planner.poll_timeout(),
+                now = ?self.now(),
+                "waiting"
+            );
             tokio::select! {
                 ev = self.inbox.recv() => match ev {
                     Some(i) => self.on_event(i).await?,
@@ -640,6 +649,7 @@ impl SessionTask {
     }
 
     fn dispatch(&mut self, slot: usize, piece: PieceId, range: Range<u64>) -> bool {
+        tracing::trace!(session = %self.key, source = %self.slots[slot].name, piece = piece.0, ?range, "assign");
         match &self.slots[slot].kind {
             SlotKind::Local { jobs, .. } => jobs
                 .send(PieceJob {
@@ -758,6 +768,7 @@ impl SessionTask {
             return Ok(());
         };
         let now = self.now();
+        tracing::trace!(session = %self.key, source = %self.slots[slot].name, kind = m.kind(), "from source");
         match m {
             Message::PieceData {
                 piece,
@@ -770,15 +781,15 @@ impl SessionTask {
                     st.bytes += len;
                 }
                 match self.planner.on_piece_data(PieceId(piece), len, now) {
-                    // A piece the planner cancelled: its bytes are valid
-                    // (same validator), keep what is new.
-                    Ok(()) | Err(PlanError::UnknownPiece(_)) => {}
-                    Err(e) => {
-                        self.kill(slot, e.to_string())?;
-                        return Ok(());
-                    }
+                    Ok(()) => self.deliver(offset, bytes).await?,
+                    // A piece the planner cancelled (stall, endgame): the
+                    // planner does not count these bytes and will have them
+                    // fetched again, so they must not reach the caller
+                    // either, or the caller's cursor would pass bytes the
+                    // planner still waits for.
+                    Err(PlanError::UnknownPiece(_)) => {}
+                    Err(e) => self.kill(slot, e.to_string())?,
                 }
-                self.deliver(offset, bytes).await?;
             }
             Message::PieceEnd { piece, .. } => {
                 let _ = self.planner.on_piece_done(PieceId(piece), now);
@@ -931,34 +942,70 @@ pub(crate) async fn peer_task(mut t: PeerTask) {
         }
     }
     loop {
+        // Take a message only when the session has room for it. While it
+        // has none (its caller is not reading), keep the connection alive
+        // without reading: the neighbour's data waits in the socket.
+        let permit = tokio::select! {
+            p = t.inbox.reserve() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            e = conn.keep_alive() => {
+                let _ = t.inbox.send(report(SourceEvent::Gone(e.to_string()))).await;
+                return;
+            }
+            c = t.cmds.recv() => {
+                if !command(&mut conn, t.session, c, &t.inbox, slot).await {
+                    return;
+                }
+                continue;
+            }
+        };
         tokio::select! {
             r = conn.recv() => match r {
-                Ok(m) => {
-                    if t.inbox.send(report(SourceEvent::Msg(m))).await.is_err() {
-                        return;
-                    }
-                }
+                Ok(m) => permit.send(report(SourceEvent::Msg(m))),
                 Err(e) => {
-                    let _ = t.inbox.send(report(SourceEvent::Gone(e.to_string()))).await;
+                    permit.send(report(SourceEvent::Gone(e.to_string())));
                     return;
                 }
             },
-            c = t.cmds.recv() => match c {
-                Some(m) => {
-                    if let Err(e) = conn.send(&m).await {
-                        if e.is_fatal() {
-                            let _ = t.inbox.send(report(SourceEvent::Gone(e.to_string()))).await;
-                            return;
-                        }
-                        tracing::debug!(session = %t.session, error = %e, "message not sent");
-                    }
-                }
-                None => {
-                    let _ = conn.send(&Message::Cancel { session: t.session }).await;
-                    let _ = conn.shutdown().await;
+            c = t.cmds.recv() => {
+                drop(permit);
+                if !command(&mut conn, t.session, c, &t.inbox, slot).await {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Sends one command of the session to the neighbour; `false` when the
+/// peer task must end (the session closed its channel, or the connection
+/// failed).
+async fn command(
+    conn: &mut PeerConnection,
+    session: SessionKey,
+    cmd: Option<Message>,
+    inbox: &mpsc::Sender<Inbound>,
+    slot: usize,
+) -> bool {
+    match cmd {
+        Some(m) => match conn.send(&m).await {
+            Ok(_) => true,
+            Err(e) if e.is_fatal() => {
+                let ev = SourceEvent::Gone(e.to_string());
+                let _ = inbox.send(Inbound { slot, ev }).await;
+                false
+            }
+            Err(e) => {
+                tracing::debug!(%session, error = %e, "message not sent");
+                true
+            }
+        },
+        None => {
+            let _ = conn.send(&Message::Cancel { session }).await;
+            let _ = conn.shutdown().await;
+            false
         }
     }
 }

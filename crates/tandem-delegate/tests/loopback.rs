@@ -958,3 +958,72 @@ async fn neighbour_share_of_the_uplink_is_capped() {
     );
     println!("1 MiB through a 500 kB/s neighbour cap took {elapsed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_caller_keeps_its_peers() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let len = 2 << 20;
+    let data = content(len, 17);
+    let origin = start_origin(data.clone(), Some(2_000_000)).await;
+    let (ka, kb) = (key(1), key(2));
+    // short peer timers: a peer silent for 400 ms is dropped
+    let timers = PeerConfig {
+        keepalive_interval: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(400),
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let (lb, b_addr) = bind().await;
+    let mut bcfg = NodeConfig::new(
+        "B",
+        kb.clone(),
+        vec![NeighbourConfig {
+            name: "A".into(),
+            key: ka.public(),
+            addr: None,
+            link_bps: 0,
+        }],
+    );
+    bcfg.serve = serve_config(origin.addr);
+    bcfg.peer = timers;
+    let b = Node::new(bcfg);
+    let bn = b.clone();
+    tokio::spawn(async move { bn.serve(lb).await });
+    let mut acfg = NodeConfig::new(
+        "A",
+        ka,
+        vec![NeighbourConfig {
+            name: "B".into(),
+            key: kb.public(),
+            addr: Some(b_addr),
+            link_bps: 0,
+        }],
+    );
+    acfg.peer = timers;
+    let a = Node::new(acfg);
+    // a small hand-off channel and a window larger than the body: the
+    // session task and the peer tasks really block while the caller sleeps
+    let mut cfg = session_config(origin.addr, true);
+    cfg.channel_capacity = 2;
+    cfg.planner.window = 8 << 20;
+    let mut s = open(&a, origin.addr, len as u64, "", cfg).await;
+    let mut buf = vec![0u8; len];
+    let mut got = RangeSet::new();
+    let mut paused = false;
+    while let Some(c) = s.next().await.unwrap() {
+        let r = c.offset..c.offset + c.bytes.len() as u64;
+        buf[r.start as usize..r.end as usize].copy_from_slice(&c.bytes);
+        got.insert(r);
+        s.delivered(got.contiguous_end(0));
+        if !paused && got.len() >= 256 << 10 {
+            // the client stops reading for a while (5 idle timeouts)
+            paused = true;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    assert!(buf == data);
+    let stats = s.stats();
+    assert_eq!(stats.sources[1].gone, None, "{stats:?}");
+}

@@ -452,6 +452,17 @@ impl Connection {
         }
     }
 
+    /// When the next keepalive is due (established connections only). For
+    /// an application that cannot take messages for a while: it may send
+    /// keepalives on this schedule without reading (see
+    /// `PeerConnection::keep_alive`).
+    pub fn next_keepalive(&self) -> Option<Instant> {
+        match self.state {
+            State::Established(_) => Some(self.last_tx + self.config.keepalive_interval),
+            _ => None,
+        }
+    }
+
     /// Runs the timers: queues a keepalive when due, and fails the
     /// connection on handshake or idle timeout.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), ConnectionError> {

@@ -211,8 +211,30 @@ impl PeerConnection {
         }
     }
 
+    /// Keeps the connection alive while the application cannot take
+    /// messages: writes queued output and sends a `Keepalive` whenever one
+    /// is due, but reads nothing (the remote's data waits in the socket:
+    /// backpressure) and runs no idle timeout (what the remote sent is read,
+    /// and refreshes the idle timer, at the next [`Self::recv`]). Never
+    /// returns unless the connection fails. Cancel-safe: use it in
+    /// `tokio::select!` against whatever frees the application.
+    pub async fn keep_alive(&mut self) -> PeerError {
+        loop {
+            if let Err(e) = self.flush().await {
+                return e;
+            }
+            let Some(due) = self.io.core.next_keepalive() else {
+                return ConnectionError::Closed.into();
+            };
+            tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+            if let Err(e) = self.io.core.send(now(), &Message::Keepalive) {
+                return e.into();
+            }
+        }
+    }
+
     /// Flushes and closes the write half (the remote sees EOF).
-    pub async fn shutdown(mut self) -> Result<(), PeerError> {
+    pub async fn shutdown(&mut self) -> Result<(), PeerError> {
         self.flush().await?;
         if let Some(s) = self.io.stream.as_mut() {
             s.shutdown().await?;

@@ -452,3 +452,55 @@ async fn local_rule_violation_does_not_close_connection() {
     assert!(!err.is_fatal());
     exercise(&mut conn).await;
 }
+
+#[tokio::test]
+async fn keep_alive_holds_the_connection_while_the_application_is_busy() {
+    let (server, client) = (key(1), key(2));
+    // the server drops a peer silent for 400 ms
+    let config = Config {
+        keepalive_interval: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(400),
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let (addr, mut errors) =
+        spawn_server_with(server.clone(), server_peers(&[&client]), config).await;
+    let mut conn = PeerConnection::connect(
+        addr,
+        &client,
+        &server.public(),
+        Hello::new("client", 0),
+        config,
+    )
+    .await
+    .unwrap();
+    let s = SessionKey::random();
+    conn.send(&negotiate(s, 1_000_000)).await.unwrap();
+    assert!(matches!(conn.recv().await.unwrap(), Message::Commit { .. }));
+    conn.send(&Message::PieceRequest {
+        session: s,
+        piece: 9,
+        range: ByteRange::new(0, 200_000),
+    })
+    .await
+    .unwrap();
+    // busy for 5 idle timeouts: read nothing, but keep the link alive
+    tokio::select! {
+        () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        e = conn.keep_alive() => panic!("keep_alive failed: {e}"),
+    }
+    // everything the server sent meanwhile is still there, in order
+    let mut next = 0u64;
+    loop {
+        match conn.recv().await.unwrap() {
+            Message::PieceData { offset, bytes, .. } => {
+                assert_eq!(offset, next);
+                next += bytes.len() as u64;
+            }
+            Message::PieceEnd { piece: 9, .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(next, 200_000);
+    exercise(&mut conn).await;
+    assert!(errors.try_recv().is_err(), "the server dropped a live peer");
+}
