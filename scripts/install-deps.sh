@@ -5,7 +5,8 @@ set -euo pipefail
 
 want_apt=(iptables nftables iproute2 nginx-light curl wget aria2 tshark socat
           python3 qemu-user-static gcc-s390x-linux-gnu libc6-dev-s390x-cross
-          ethtool procps psmisc)
+          ethtool procps psmisc tcpdump iputils-ping shellcheck busybox
+          gcc-powerpc-linux-gnu libc6-dev-powerpc-cross mptcpd)
 missing=()
 for p in "${want_apt[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +25,6 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/n
 fi
 pkill -x nginx 2>/dev/null || true
 
-for t in s390x-unknown-linux-gnu aarch64-unknown-linux-musl; do
+for t in s390x-unknown-linux-gnu aarch64-unknown-linux-musl powerpc-unknown-linux-gnu; do
   rustup target list --installed | grep -qx "$t" || rustup target add "$t"
 done

@@ -26,6 +26,18 @@ cargo test --workspace --locked 2>&1 | tee target/test-host.log
 # Fail loudly if any test binary reported a failure that tee masked.
 if grep -qE '^test result: FAILED' target/test-host.log; then exit 1; fi
 
+step "OpenWrt feed: init script, UCI mapping, fw4/fw3 rules, package Makefile"
+cargo build --locked -p tandem
+bash openwrt-feed/tests/run.sh target/debug/tandem
+
+step "router binary builds for a 32-bit target without 64-bit atomics (as MIPS)"
+cargo check --locked --target powerpc-unknown-linux-gnu -p tandem
+
+step "packet and planner crates on arm64 under qemu-user"
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_RUNNER=qemu-aarch64-static \
+  cargo test --locked --target aarch64-unknown-linux-musl -p tandem-wire -p tandem-plan
+
 step "core crates on big-endian s390x under qemu-user"
 export CARGO_TARGET_S390X_UNKNOWN_LINUX_GNU_LINKER=s390x-linux-gnu-gcc
 export CARGO_TARGET_S390X_UNKNOWN_LINUX_GNU_RUNNER="qemu-s390x-static -L /usr/s390x-linux-gnu"

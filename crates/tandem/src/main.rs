@@ -38,6 +38,12 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Print the public key of an existing private key file.
+    Pubkey {
+        /// The private key file (`node.private_key_file`).
+        #[arg(long)]
+        key: PathBuf,
+    },
     /// Print the firewall rules for a configuration.
     Rules {
         /// `iptables` (a sh script with start/stop) or `nft` (a ruleset).
@@ -93,9 +99,13 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    // Colours only on a terminal: logd and files get plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }
 
@@ -150,6 +160,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("public_key = {}", pair.public().to_base64());
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pubkey { key } => {
+            let text = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read {}", key.display()))?;
+            let pair = tandem_peer::KeyPair::from_base64(text.trim())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            println!("{}", pair.public().to_base64());
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules { flavor, config } => {

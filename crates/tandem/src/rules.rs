@@ -22,9 +22,11 @@
 //!
 //! Every queue rule has `--queue-bypass` (and the daemon sets the queue's
 //! fail-open flag), so a stopped daemon never blocks traffic. A guard in the
-//! filter table drops INVALID client packets to HTTP ports on the WAN, so
-//! even with the daemon gone no LAN-addressed packet of a handed-over flow
-//! leaves. Packets the daemon injects towards the client carry the `inject`
+//! filter table answers INVALID client packets to HTTP ports on the WAN with
+//! a TCP reset instead of forwarding them, so even with the daemon gone no
+//! LAN-addressed packet of a handed-over flow leaves, and a client whose
+//! half-spliced download lost its daemon (killed, crashed) gets a visible
+//! failure at its next ACK or keepalive instead of hanging forever. Packets the daemon injects towards the client carry the `inject`
 //! mark and are not tracked (raw OUTPUT notrack); packets it injects towards
 //! the origin carry `inject|own` and stay tracked so they are NATed.
 
@@ -106,7 +108,7 @@ pub fn iptables(cfg: &Config) -> String {
     }
     for wan in &cfg.interfaces.wan {
         r(format!(
-            "-t filter -A TANDEM_GUARD -o {wan} -p tcp -m multiport --dports {ports} -m conntrack --ctstate INVALID -j DROP"
+            "-t filter -A TANDEM_GUARD -o {wan} -p tcp -m multiport --dports {ports} -m conntrack --ctstate INVALID -j REJECT --reject-with tcp-reset"
         ));
     }
     r(format!(
@@ -206,7 +208,7 @@ table inet tandem {{
 	}}
 	chain forward_guard {{
 		type filter hook forward priority filter - 1; policy accept;
-		oifname {{ {wan} }} tcp dport {{ {ports} }} ct state invalid drop
+		oifname {{ {wan} }} tcp dport {{ {ports} }} ct state invalid reject with tcp reset
 	}}
 	chain output_raw {{
 		type filter hook output priority raw; policy accept;
@@ -243,7 +245,7 @@ mod tests {
         assert!(s.contains("--ctstate INVALID -j NFQUEUE"));
         assert!(s.contains("--connbytes 0:12"));
         assert!(s.contains("CT --notrack"));
-        assert!(s.contains("-j DROP"));
+        assert!(s.contains("-j REJECT --reject-with tcp-reset"));
     }
 
     #[test]
