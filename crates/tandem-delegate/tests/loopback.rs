@@ -1027,3 +1027,40 @@ async fn paused_caller_keeps_its_peers() {
     let stats = s.stats();
     assert_eq!(stats.sources[1].gone, None, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_delegate_killed_behind_a_relay() {
+    let len = 3 << 20;
+    let data = content(len, 18);
+    let origin = start_origin(data.clone(), Some(1_000_000)).await;
+    let (ka, kb, kc) = (key(1), key(2), key(3));
+    let ((lb, b_addr), (lc, c_addr)) = (bind().await, bind().await);
+    let c = relay_node("C", kc.clone(), &[&kb], &[], serve_config(origin.addr), lc);
+    let _b = relay_node(
+        "B",
+        kb.clone(),
+        &[&ka],
+        &[("C", kc.public(), c_addr)],
+        serve_config(origin.addr),
+        lb,
+    );
+    let a = router_a(ka, &[("B", kb.public(), b_addr)]);
+    let mut cfg = session_config(origin.addr, true);
+    cfg.hop_budget = 1;
+    let mut s = open(&a, origin.addr, len as u64, "", cfg).await;
+    let mut killed = false;
+    let (buf, _, result) = collect(&mut s, len, |received| {
+        if !killed && received >= 1 << 20 {
+            c.shutdown();
+            killed = true;
+        }
+    })
+    .await;
+    result.unwrap();
+    assert!(killed);
+    assert!(buf == data, "reassembled body differs");
+    // B itself stayed a source for A
+    let stats = s.stats();
+    let b = stats.sources.iter().find(|x| x.name == "B").unwrap();
+    assert!(b.gone.is_none() && b.bytes > 0, "{stats:?}");
+}
