@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use serde::Serialize;
 use tandem_lab::origin::{OriginKind, start_origin};
-use tandem_lab::{Rate, Topology, TopologySpec, transfer};
+use tandem_lab::{Topology, TopologySpec, transfer};
 
 use crate::measure;
 use crate::procfs;
@@ -26,6 +26,8 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// Daemon running vs not on a download below the threshold.
 #[derive(Clone, Debug, Serialize)]
 pub struct Ineligible {
+    /// Where it was measured.
+    pub testbed: String,
     /// File size, bytes (below `min_size`).
     pub size: u64,
     /// The daemons' `min_size`.
@@ -67,6 +69,8 @@ pub struct Unshaped {
     pub a_peak_rss_mib: f64,
     /// B's daemon peak RSS during one download, MiB.
     pub b_peak_rss_mib: f64,
+    /// Failed or stalled accelerated downloads.
+    pub errors: Vec<String>,
 }
 
 /// Many concurrent downloads through A with the daemons running.
@@ -93,8 +97,11 @@ pub struct Concurrent {
 /// All cost results.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CostResults {
-    /// Ineligible-traffic overhead.
+    /// Ineligible-traffic overhead on the shaped, delayed testbed.
     pub ineligible: Option<Ineligible>,
+    /// Ineligible-traffic overhead unshaped, without delay (the daemon's
+    /// own latency is not hidden by 20 ms of RTT).
+    pub ineligible_unshaped: Option<Ineligible>,
     /// Unshaped throughput, CPU, memory.
     pub unshaped: Option<Unshaped>,
     /// Concurrent downloads.
@@ -107,12 +114,13 @@ impl CostResults {
     /// Printed table.
     pub fn table(&self) -> String {
         let mut s = String::from("\ncost\n");
-        if let Some(i) = &self.ineligible {
+        for i in self.ineligible.iter().chain(&self.ineligible_unshaped) {
             let _ = writeln!(
                 s,
-                "  {} KiB below the threshold ({} MiB), 20 Mbit/s + 10 ms, {} + {} downloads:",
+                "  {} KiB below the threshold ({} MiB), {}, {} + {} downloads:",
                 i.size / 1024,
                 i.min_size / MIB,
+                i.testbed,
                 i.off_s.len(),
                 i.on_s.len()
             );
@@ -155,6 +163,9 @@ impl CostResults {
                 "    RSS  A idle {:.1} MiB, peak {:.1} MiB (target <= 32 MiB for 1 GiB)   B peak {:.1} MiB",
                 u.a_idle_rss_mib, u.a_peak_rss_mib, u.b_peak_rss_mib
             );
+            for e in &u.errors {
+                let _ = writeln!(s, "    ! {e}");
+            }
         }
         if let Some(c) = &self.concurrent {
             let _ = writeln!(
@@ -190,39 +201,55 @@ pub fn run_cost(
     out: &Path,
 ) -> Result<CostResults> {
     let mut r = CostResults::default();
-    match ineligible(exe, &origin, quick) {
+    match shaped_ineligible(exe, &origin, quick) {
         Ok(i) => r.ineligible = Some(i),
-        Err(e) => r.errors.push(format!("ineligible: {e:#}")),
+        Err(e) => r.errors.push(format!("ineligible (shaped): {e:#}")),
     }
-    match unshaped(exe, &origin, quick, reps, out) {
-        Ok((u, c)) => {
-            r.unshaped = Some(u);
-            r.concurrent = Some(c);
-        }
-        Err(e) => r.errors.push(format!("unshaped: {e:#}")),
+    if let Err(e) = unshaped(exe, &origin, quick, reps, out, &mut r) {
+        r.errors.push(format!("unshaped: {e:#}"));
     }
     Ok(r)
 }
 
-fn ineligible(exe: &Path, origin: &OriginKind, quick: bool) -> Result<Ineligible> {
-    let mut spec = TopologySpec::pair(vec![
+fn shaped_ineligible(exe: &Path, origin: &OriginKind, quick: bool) -> Result<Ineligible> {
+    let spec = TopologySpec::pair(vec![
         exe.as_os_str().to_owned(),
         OsString::from("delayline"),
     ]);
-    spec.mesh_rate = Some(Rate::mbit(54));
     let topo = Topology::build(spec)?;
     let www = topo.workdir().join("www");
     std::fs::create_dir_all(&www)?;
-    let size = MIB;
-    let min_size = 4 * MIB;
-    let file = www.join("small.bin");
-    transfer::write_random_file(&file, size, 11)?;
+    transfer::write_random_file(&www.join("small.bin"), MIB, 11)?;
     let o = start_origin(&topo, origin, &www)?;
-    let url = o.url("small.bin");
+    ineligible(
+        &topo,
+        exe,
+        &o.url("small.bin"),
+        &www.join("small.bin"),
+        quick,
+        "20 Mbit/s + 10 ms",
+        &[20, 20],
+    )
+}
+
+/// A 1 MiB download (below the 4 MiB threshold), daemons off and on, in
+/// ABBA blocks so a drift of the machine's load hits both alike; one
+/// unrecorded warm-up download per block.
+fn ineligible(
+    topo: &Topology,
+    exe: &Path,
+    url: &str,
+    file: &Path,
+    quick: bool,
+    testbed: &str,
+    rates: &[u64],
+) -> Result<Ineligible> {
+    let min_size = 4 * MIB;
     let dir = topo.workdir().join("client");
     let per_block = if quick { 4 } else { 10 };
     let mut res = Ineligible {
-        size,
+        testbed: testbed.to_owned(),
+        size: MIB,
         min_size,
         off_s: Vec::new(),
         on_s: Vec::new(),
@@ -231,26 +258,33 @@ fn ineligible(exe: &Path, origin: &OriginKind, quick: bool) -> Result<Ineligible
         ratio: f64::NAN,
         ttfb_added_ms: f64::NAN,
     };
-    // ABBA blocks so a drift of the machine's load hits both alike; one
-    // unrecorded warm-up download per block.
     for on in [false, true, true, false] {
         let act = if on {
             Some(systems::start(
-                &topo,
+                topo,
                 exe,
                 System::TandemDynamic,
-                &[20, 20],
+                rates,
                 min_size,
             )?)
         } else {
             None
         };
         for k in 0..=per_block {
-            let m = measure::download(&topo, &url, &file, &dir, 1, Duration::from_secs(60), None)?;
+            let m = measure::download(
+                topo,
+                url,
+                file,
+                &dir,
+                measure::Opts::one(Duration::from_secs(60)),
+            )?;
             let Some(m) = m.into_iter().next() else {
                 continue;
             };
             if let Some(e) = m.error {
+                if let Some(a) = act {
+                    a.stop(topo);
+                }
                 bail!(
                     "1 MiB download failed (daemon {}): {e}",
                     if on { "on" } else { "off" }
@@ -271,16 +305,18 @@ fn ineligible(exe: &Path, origin: &OriginKind, quick: bool) -> Result<Ineligible
         }
         if let Some(a) = act {
             a.check_alive()?;
-            a.stop(&topo);
+            a.stop(topo);
         }
     }
     res.ratio = median(&res.on_s) / median(&res.off_s);
     res.ttfb_added_ms = (median(&res.on_ttfb_s) - median(&res.off_ttfb_s)) * 1e3;
     println!(
-        "  1 MiB below threshold: off {:.4} s, on {:.4} s (ratio {:.4}); TTFB added {:+.2} ms",
+        "  1 MiB below threshold ({testbed}): off {:.4} s, on {:.4} s (ratio {:.4}); TTFB off {:.2} ms, on {:.2} ms, added {:+.2} ms",
         median(&res.off_s),
         median(&res.on_s),
         res.ratio,
+        median(&res.off_ttfb_s) * 1e3,
+        median(&res.on_ttfb_s) * 1e3,
         res.ttfb_added_ms
     );
     Ok(res)
@@ -292,7 +328,8 @@ fn unshaped(
     quick: bool,
     reps: usize,
     out: &Path,
-) -> Result<(Unshaped, Concurrent)> {
+    r: &mut CostResults,
+) -> Result<()> {
     let mut spec = TopologySpec::pair(Vec::new());
     spec.down = None;
     spec.up = None;
@@ -306,11 +343,27 @@ fn unshaped(
     let count = 20;
     let big = www.join("big.bin");
     let conc = www.join("conc.bin");
+    let small = www.join("small.bin");
     transfer::write_random_file(&big, big_mib * MIB, 21)?;
     transfer::write_random_file(&conc, conc_mib * MIB, 22)?;
+    transfer::write_random_file(&small, MIB, 23)?;
     let o = start_origin(&topo, origin, &www)?;
+    let rates = [1000, 1000];
+    match ineligible(
+        &topo,
+        exe,
+        &o.url("small.bin"),
+        &small,
+        quick,
+        "unshaped, no delay",
+        &rates,
+    ) {
+        Ok(i) => r.ineligible_unshaped = Some(i),
+        Err(e) => r.errors.push(format!("ineligible (unshaped): {e:#}")),
+    }
     let dir = topo.workdir().join("client");
-    let timeout = Duration::from_secs(900);
+    // At least 20 Mbit/s, or it is a failure anyway.
+    let timeout = Duration::from_secs_f64((big_mib * MIB) as f64 * 8.0 / 20e6 + 30.0);
     let mbit = |m: &measure::Measured| {
         m.curl
             .map(|c| c.bytes as f64 * 8.0 / c.total_s.max(1e-9) / 1e6)
@@ -327,21 +380,26 @@ fn unshaped(
         a_idle_rss_mib: f64::NAN,
         a_peak_rss_mib: 0.0,
         b_peak_rss_mib: 0.0,
+        errors: Vec::new(),
     };
     let mut a_cpu = Vec::new();
     let mut b_cpu = Vec::new();
     let mut shares = Vec::new();
-    let mut conc_res = None;
     for rep in 0..reps {
-        // Plain first in odd repetitions, tandem first in even ones.
+        // Plain first in even repetitions, tandem first in odd ones.
         for tandem in if rep % 2 == 0 {
             [false, true]
         } else {
             [true, false]
         } {
             if !tandem {
-                let m = measure::download(&topo, &o.url("big.bin"), &big, &dir, 1, timeout, None)?;
-                for m in m {
+                for m in measure::download(
+                    &topo,
+                    &o.url("big.bin"),
+                    &big,
+                    &dir,
+                    measure::Opts::one(timeout),
+                )? {
                     if let Some(e) = &m.error {
                         bail!("plain unshaped download: {e}");
                     }
@@ -350,7 +408,7 @@ fn unshaped(
                 }
                 continue;
             }
-            let act = systems::start(&topo, exe, System::TandemDynamic, &[1000, 1000], MIB)?;
+            let act = systems::start(&topo, exe, System::TandemDynamic, &rates, MIB)?;
             let (Some(pa), Some(pb)) = (act.daemon_pid(0), act.daemon_pid(1)) else {
                 act.stop(&topo);
                 bail!("no daemon pids");
@@ -361,14 +419,25 @@ fn unshaped(
             procfs::reset_peak_rss(pa)?;
             procfs::reset_peak_rss(pb)?;
             let (ca, cb) = (procfs::cpu_s(pa)?, procfs::cpu_s(pb)?);
-            let m = measure::download(&topo, &o.url("big.bin"), &big, &dir, 1, timeout, None)?;
+            let m = measure::download(
+                &topo,
+                &o.url("big.bin"),
+                &big,
+                &dir,
+                measure::Opts::one(timeout),
+            )?;
             let (ca2, cb2) = (procfs::cpu_s(pa)?, procfs::cpu_s(pb)?);
             u.a_peak_rss_mib = u.a_peak_rss_mib.max(mib(procfs::peak_rss(pa)?));
             u.b_peak_rss_mib = u.b_peak_rss_mib.max(mib(procfs::peak_rss(pb)?));
+            if let Ok(j) = act.status_json(exe, 0) {
+                let _ = std::fs::write(out.join(format!("status-unshaped-rep{}.json", rep + 1)), j);
+            }
             for m in &m {
                 if let Some(e) = &m.error {
-                    act.stop(&topo);
-                    bail!("accelerated unshaped download: {e}");
+                    println!("  unshaped tandem   {big_mib} MiB: ! {e}");
+                    u.errors
+                        .push(format!("accelerated {big_mib} MiB, rep {}: {e}", rep + 1));
+                    continue;
                 }
                 let total: u64 = m.per_source.iter().sum::<u64>().max(1);
                 let b_bytes = m.per_source.get(1).copied().unwrap_or(0);
@@ -387,12 +456,15 @@ fn unshaped(
                 );
                 u.tandem_mbit.push(mbit(m));
             }
-            if let Ok(j) = act.status_json(exe, 0) {
-                let _ = std::fs::write(out.join(format!("status-unshaped-rep{}.json", rep + 1)), j);
-            }
             if rep == 0 {
-                // 20 concurrent downloads with the same daemons.
-                let before = accelerated(&act, exe);
+                // 20 concurrent downloads; fresh daemons so a stalled
+                // session of the previous download does not linger.
+                act.stop(&topo);
+                let act = systems::start(&topo, exe, System::TandemDynamic, &rates, MIB)?;
+                let (Some(pa), Some(pb)) = (act.daemon_pid(0), act.daemon_pid(1)) else {
+                    act.stop(&topo);
+                    bail!("no daemon pids");
+                };
                 procfs::reset_peak_rss(pa)?;
                 procfs::reset_peak_rss(pb)?;
                 let ms = measure::download(
@@ -400,40 +472,42 @@ fn unshaped(
                     &o.url("conc.bin"),
                     &conc,
                     &dir,
-                    count,
-                    timeout,
-                    None,
+                    measure::Opts {
+                        count,
+                        ..measure::Opts::one(timeout)
+                    },
                 )?;
-                let after = accelerated(&act, exe);
                 let errors: Vec<String> = ms.iter().filter_map(|m| m.error.clone()).collect();
                 let c = Concurrent {
                     count,
                     size_mib: conc_mib,
                     ok: ms.iter().filter(|m| m.error.is_none()).count(),
                     elapsed_s: ms.iter().map(|m| m.wall_s).fold(0.0, f64::max),
-                    accelerated: after.saturating_sub(before),
+                    accelerated: accelerated(&act, exe),
                     a_peak_rss_mib: mib(procfs::peak_rss(pa)?),
                     b_peak_rss_mib: mib(procfs::peak_rss(pb)?),
                     errors,
                 };
+                if let Ok(j) = act.status_json(exe, 0) {
+                    let _ = std::fs::write(out.join("status-concurrent.json"), j);
+                }
                 println!(
                     "  {count} x {conc_mib} MiB concurrent: {}/{count} identical, {:.1} s, {} accelerated, peak RSS A {:.1} MiB",
                     c.ok, c.elapsed_s, c.accelerated, c.a_peak_rss_mib
                 );
-                conc_res = Some(c);
+                r.concurrent = Some(c);
+                act.stop(&topo);
+            } else {
+                act.stop(&topo);
             }
-            act.check_alive()?;
-            act.stop(&topo);
         }
     }
     u.ratio = median(&u.tandem_mbit) / median(&u.plain_mbit);
     u.a_cpu_s_per_gib = median(&a_cpu);
     u.b_cpu_s_per_gib = median(&b_cpu);
     u.b_share = median(&shares);
-    let Some(c) = conc_res else {
-        bail!("concurrent downloads not measured");
-    };
-    Ok((u, c))
+    r.unshaped = Some(u);
+    Ok(())
 }
 
 fn accelerated(act: &systems::Active, exe: &Path) -> u64 {

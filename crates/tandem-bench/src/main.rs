@@ -342,9 +342,10 @@ fn run_scenario(
                     &origin.url(&format!("f{m}.bin")),
                     &www.join(format!("f{m}.bin")),
                     &dl_dir,
-                    1,
-                    timeout,
-                    change,
+                    measure::Opts {
+                        change,
+                        ..measure::Opts::one(timeout)
+                    },
                 );
                 if let Some(c) = sc.change {
                     topo.shape_uplink(c.router, Way::Down, Rate::mbit(sc.down_mbit[c.router]))?;

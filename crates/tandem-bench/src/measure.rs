@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use tandem_lab::netns::IfCounters;
 use tandem_lab::topology::Proc;
@@ -66,6 +66,31 @@ pub struct Change {
     pub rate: Rate,
 }
 
+/// How to run [`download`].
+#[derive(Clone, Copy, Debug)]
+pub struct Opts {
+    /// Downloads started at once.
+    pub count: usize,
+    /// Give up after this long.
+    pub timeout: Duration,
+    /// Give up when no output file grew for this long (a stalled download).
+    pub stall: Duration,
+    /// Re-shape a downlink during the run (the caller restores it).
+    pub change: Option<Change>,
+}
+
+impl Opts {
+    /// One download, no rate change, stall limit 30 s.
+    pub fn one(timeout: Duration) -> Self {
+        Opts {
+            count: 1,
+            timeout,
+            stall: Duration::from_secs(30),
+            change: None,
+        }
+    }
+}
+
 /// One measured download.
 #[derive(Clone, Debug)]
 pub struct Measured {
@@ -91,19 +116,23 @@ fn read_all(c: &mut [IfCounters]) -> Result<Vec<u64>> {
     c.iter_mut().map(|c| c.read().map(|s| s.rx_bytes)).collect()
 }
 
-/// Downloads `url` `count` times at once from the client behind A into
-/// `dir`, compares every copy with `expected`, and deletes the copies.
-/// With `change`, re-shapes a downlink during the run (the caller restores
-/// it).
+/// Downloads `url` `opts.count` times at once from the client behind A
+/// into `dir`, compares every copy with `expected`, and deletes the copies.
+/// A download that times out or stalls is killed and reported in
+/// [`Measured::error`].
 pub fn download(
     topo: &Topology,
     url: &str,
     expected: &Path,
     dir: &Path,
-    count: usize,
-    timeout: Duration,
-    change: Option<Change>,
+    opts: Opts,
 ) -> Result<Vec<Measured>> {
+    let Opts {
+        count,
+        timeout,
+        stall,
+        change,
+    } = opts;
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     std::fs::create_dir_all(dir)?;
     let mut wan = wan_counters(topo)?;
@@ -125,6 +154,8 @@ pub fn download(
     let n = base.len();
     let mut samples = vec![(0.0, vec![0.0; n])];
     let mut changed = change.is_none();
+    let mut progress = (0u64, Instant::now());
+    let mut aborted: Option<String> = None;
     loop {
         let mut running = 0;
         for (p, _, end) in &mut procs {
@@ -159,11 +190,28 @@ pub fn download(
         if running == 0 {
             break;
         }
-        if start.elapsed() > timeout + Duration::from_secs(5) {
+        let got: u64 = procs
+            .iter()
+            .map(|(_, o, _)| std::fs::metadata(o).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        if got > progress.0 {
+            progress = (got, Instant::now());
+        }
+        let why = if start.elapsed() > timeout {
+            Some(format!("did not finish within {timeout:?}"))
+        } else if progress.1.elapsed() > stall {
+            Some(format!(
+                "STALLED: no byte for {stall:?} at {got} bytes (all copies together)"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
             for (p, _, _) in &procs {
                 p.kill();
             }
-            bail!("downloads did not finish within {timeout:?}");
+            aborted = Some(why);
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -174,7 +222,9 @@ pub fn download(
         let log = p.log();
         let ok = matches!(p.try_wait()?, Some(s) if s.success());
         let curl = parse_curl(&log);
-        let error = if !ok || curl.is_none() {
+        let error = if let Some(a) = &aborted {
+            Some(a.clone())
+        } else if !ok || curl.is_none() {
             Some(format!(
                 "curl failed: {}",
                 log.lines()
