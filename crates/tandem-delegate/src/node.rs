@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::limit::RateLimiter;
 use crate::relay::{RelayCmd, spawn_relay, sub_neighbours};
@@ -240,7 +241,11 @@ impl Node {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, addr)) => {
                         let node = self.clone();
-                        conns.spawn(async move { node.serve_connection(stream, addr).await });
+                        let span = tracing::info_span!("peer", %addr);
+                        conns.spawn(
+                            async move { node.serve_connection(stream, addr).await }
+                                .instrument(span),
+                        );
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");

@@ -20,6 +20,7 @@ use tandem_fetch::RangeFetcher;
 use tandem_peer::{Message, Negotiate, PieceErrorKind, PieceId, PublicKey, SessionKey};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::node::{NeighbourConfig, Node, plan_key};
 use crate::session::{Inbound, PeerTask, SourceEvent, peer_task};
@@ -109,17 +110,21 @@ pub(crate) fn spawn_relay(
             state: SubState::Pending,
             outstanding: HashSet::new(),
         });
-        tokio::spawn(peer_task(PeerTask {
-            node: node.clone(),
-            session,
-            addr,
-            neighbour: n,
-            negotiate: sub_negotiate.clone(),
-            slot,
-            inbox: inbox_tx.clone(),
-            cmds: cmds_rx,
-            timeout: node.inner.config.peer.handshake_timeout,
-        }));
+        let span = tracing::info_span!("relay_peer", %session, peer = %n.name);
+        tokio::spawn(
+            peer_task(PeerTask {
+                node: node.clone(),
+                session,
+                addr,
+                neighbour: n,
+                negotiate: sub_negotiate.clone(),
+                slot,
+                inbox: inbox_tx.clone(),
+                cmds: cmds_rx,
+                timeout: node.inner.config.peer.handshake_timeout,
+            })
+            .instrument(span),
+        );
     }
     drop(inbox_tx);
     let (local_jobs, jobs_rx) = mpsc::unbounded_channel();

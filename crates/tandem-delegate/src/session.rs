@@ -34,6 +34,7 @@ use tandem_plan::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::node::{NeighbourConfig, Node, plan_key};
 use crate::worker::{CancelSet, PieceJob, WorkerLimits, run_worker};
@@ -284,7 +285,8 @@ impl Node {
         task.start_local(&download, &config);
         task.start_peers(&download, &config, &inbox_tx);
         drop(inbox_tx);
-        tokio::spawn(task.run());
+        let span = tracing::info_span!("session", %key);
+        tokio::spawn(task.run().instrument(span));
         Ok(Session {
             key,
             events: events_rx,
@@ -505,17 +507,21 @@ impl SessionTask {
                 name: n.name.clone(),
                 ..SourceStats::default()
             });
-            tokio::spawn(peer_task(PeerTask {
-                node: self.node.clone(),
-                session: self.key,
-                addr,
-                neighbour: n,
-                negotiate: negotiate.clone(),
-                slot,
-                inbox: inbox.clone(),
-                cmds: cmds_rx,
-                timeout: cfg.negotiate_timeout,
-            }));
+            let span = tracing::info_span!("session_peer", session = %self.key, peer = %n.name);
+            tokio::spawn(
+                peer_task(PeerTask {
+                    node: self.node.clone(),
+                    session: self.key,
+                    addr,
+                    neighbour: n,
+                    negotiate: negotiate.clone(),
+                    slot,
+                    inbox: inbox.clone(),
+                    cmds: cmds_rx,
+                    timeout: cfg.negotiate_timeout,
+                })
+                .instrument(span),
+            );
         }
     }
 
