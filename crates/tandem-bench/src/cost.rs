@@ -46,9 +46,12 @@ pub struct Ineligible {
     pub ttfb_added_ms: f64,
 }
 
-/// Unshaped, CPU-bound throughput and the daemons' CPU and memory.
+/// Throughput of plain vs accelerated downloads and the daemons' CPU and
+/// memory on one testbed.
 #[derive(Clone, Debug, Serialize)]
 pub struct Unshaped {
+    /// Which testbed.
+    pub testbed: String,
     /// File size, MiB.
     pub size_mib: u64,
     /// Goodput of each plain download, Mbit/s.
@@ -102,8 +105,11 @@ pub struct CostResults {
     /// Ineligible-traffic overhead unshaped, without delay (the daemon's
     /// own latency is not hidden by 20 ms of RTT).
     pub ineligible_unshaped: Option<Ineligible>,
-    /// Unshaped throughput, CPU, memory.
+    /// Unshaped throughput, CPU, memory (no delay, CPU bound).
     pub unshaped: Option<Unshaped>,
+    /// The same on 100 Mbit/s uplinks (no delay): CPU per GiB and peak RSS
+    /// of a large accelerated download the daemon can carry.
+    pub fast: Option<Unshaped>,
     /// Concurrent downloads.
     pub concurrent: Option<Concurrent>,
     /// Parts that failed.
@@ -139,15 +145,11 @@ impl CostResults {
                 i.ttfb_added_ms
             );
         }
-        if let Some(u) = &self.unshaped {
+        for u in self.unshaped.iter().chain(&self.fast) {
+            let _ = writeln!(s, "  {} MiB download, {}:", u.size_mib, u.testbed);
             let _ = writeln!(
                 s,
-                "  unshaped {} MiB download, no delay (CPU bound):",
-                u.size_mib
-            );
-            let _ = writeln!(
-                s,
-                "    plain forwarding {:.0} Mbit/s   tandem {:.0} Mbit/s   ratio {:.3}  (target >= 0.5)   B's share {:.0}%",
+                "    plain forwarding {:.0} Mbit/s   tandem {:.0} Mbit/s   ratio {:.3}   B's share {:.0}%",
                 median(&u.plain_mbit),
                 median(&u.tandem_mbit),
                 u.ratio,
@@ -160,7 +162,7 @@ impl CostResults {
             );
             let _ = writeln!(
                 s,
-                "    RSS  A idle {:.1} MiB, peak {:.1} MiB (target <= 32 MiB for 1 GiB)   B peak {:.1} MiB",
+                "    RSS  A idle {:.1} MiB, peak {:.1} MiB   B peak {:.1} MiB",
                 u.a_idle_rss_mib, u.a_peak_rss_mib, u.b_peak_rss_mib
             );
             for e in &u.errors {
@@ -199,16 +201,71 @@ pub fn run_cost(
     quick: bool,
     reps: usize,
     out: &Path,
+    perf: bool,
 ) -> Result<CostResults> {
     let mut r = CostResults::default();
+    let ctx = Ctx { out, perf };
     match shaped_ineligible(exe, &origin, quick) {
         Ok(i) => r.ineligible = Some(i),
         Err(e) => r.errors.push(format!("ineligible (shaped): {e:#}")),
     }
-    if let Err(e) = unshaped(exe, &origin, quick, reps, out, &mut r) {
+    if let Err(e) = unshaped(exe, &origin, quick, reps, &ctx, &mut r) {
         r.errors.push(format!("unshaped: {e:#}"));
     }
     Ok(r)
+}
+
+/// Where to write and whether to profile.
+struct Ctx<'a> {
+    out: &'a Path,
+    perf: bool,
+}
+
+/// `perf record -g` of a process until [`Perf::finish`].
+struct Perf {
+    child: std::process::Child,
+    data: std::path::PathBuf,
+}
+
+impl Perf {
+    fn start(pid: u32, data: &Path) -> Result<Perf> {
+        let child = std::process::Command::new("perf")
+            .args(["record", "-F", "499", "-g", "-q", "-o"])
+            .arg(data)
+            .args(["-p", &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Perf {
+            child,
+            data: data.to_path_buf(),
+        })
+    }
+
+    /// Stops recording and writes `perf report` (flat, by symbol) next to
+    /// the data file.
+    fn finish(mut self) -> Result<()> {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGINT);
+        }
+        self.child.wait()?;
+        let rep = std::process::Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "symbol",
+                "-g",
+                "none",
+                "-i",
+            ])
+            .arg(&self.data)
+            .output()?;
+        std::fs::write(self.data.with_extension("txt"), &rep.stdout)?;
+        Ok(())
+    }
 }
 
 fn shaped_ineligible(exe: &Path, origin: &OriginKind, quick: bool) -> Result<Ineligible> {
@@ -327,187 +384,278 @@ fn unshaped(
     origin: &OriginKind,
     quick: bool,
     reps: usize,
-    out: &Path,
+    ctx: &Ctx,
     r: &mut CostResults,
 ) -> Result<()> {
+    // 1. Unshaped, no delay: CPU-bound throughput, ineligible latency.
+    {
+        let mut spec = TopologySpec::pair(Vec::new());
+        spec.down = None;
+        spec.up = None;
+        spec.mesh_rate = None;
+        spec.delay_ms = 0;
+        let topo = Topology::build(spec)?;
+        let _logs =
+            crate::systems::KeepLogs::new(&topo, &ctx.out.join("logs").join("cost-unshaped"));
+        let www = topo.workdir().join("www");
+        std::fs::create_dir_all(&www)?;
+        let big_mib = if quick { 256 } else { 1024 };
+        let small = www.join("small.bin");
+        transfer::write_random_file(&www.join("big.bin"), big_mib * MIB, 21)?;
+        transfer::write_random_file(&small, MIB, 23)?;
+        let o = start_origin(&topo, origin, &www)?;
+        let rates = [1000, 1000];
+        match ineligible(
+            &topo,
+            exe,
+            &o.url("small.bin"),
+            &small,
+            quick,
+            "unshaped, no delay",
+            &rates,
+        ) {
+            Ok(i) => r.ineligible_unshaped = Some(i),
+            Err(e) => r.errors.push(format!("ineligible (unshaped): {e:#}")),
+        }
+        let bench = Accel {
+            topo: &topo,
+            exe,
+            rates: &rates,
+            url: o.url("big.bin"),
+            file: www.join("big.bin"),
+            size_mib: big_mib,
+            testbed: "unshaped, no delay (CPU bound)",
+            tag: "unshaped",
+        };
+        r.unshaped = Some(bench.run(reps, ctx, ctx.perf)?);
+    }
+    // 2. 100 Mbit/s uplinks, no delay: CPU and memory of a large accelerated
+    //    download and of 20 concurrent ones.
     let mut spec = TopologySpec::pair(Vec::new());
-    spec.down = None;
-    spec.up = None;
+    spec.down = Some(tandem_lab::Rate::mbit(100));
+    spec.up = Some(tandem_lab::Rate::mbit(100));
     spec.mesh_rate = None;
     spec.delay_ms = 0;
     let topo = Topology::build(spec)?;
+    let _logs = crate::systems::KeepLogs::new(&topo, &ctx.out.join("logs").join("cost-100mbit"));
     let www = topo.workdir().join("www");
     std::fs::create_dir_all(&www)?;
     let big_mib = if quick { 256 } else { 1024 };
     let conc_mib = if quick { 16 } else { 64 };
     let count = 20;
-    let big = www.join("big.bin");
     let conc = www.join("conc.bin");
-    let small = www.join("small.bin");
-    transfer::write_random_file(&big, big_mib * MIB, 21)?;
+    transfer::write_random_file(&www.join("big.bin"), big_mib * MIB, 24)?;
     transfer::write_random_file(&conc, conc_mib * MIB, 22)?;
-    transfer::write_random_file(&small, MIB, 23)?;
     let o = start_origin(&topo, origin, &www)?;
-    let rates = [1000, 1000];
-    match ineligible(
-        &topo,
+    let rates = [100, 100];
+    let bench = Accel {
+        topo: &topo,
         exe,
-        &o.url("small.bin"),
-        &small,
-        quick,
-        "unshaped, no delay",
-        &rates,
-    ) {
-        Ok(i) => r.ineligible_unshaped = Some(i),
-        Err(e) => r.errors.push(format!("ineligible (unshaped): {e:#}")),
-    }
-    let dir = topo.workdir().join("client");
-    // At least 20 Mbit/s, or it is a failure anyway.
-    let timeout = Duration::from_secs_f64((big_mib * MIB) as f64 * 8.0 / 20e6 + 30.0);
-    let mbit = |m: &measure::Measured| {
-        m.curl
-            .map(|c| c.bytes as f64 * 8.0 / c.total_s.max(1e-9) / 1e6)
-            .unwrap_or(f64::NAN)
-    };
-    let mut u = Unshaped {
+        rates: &rates,
+        url: o.url("big.bin"),
+        file: www.join("big.bin"),
         size_mib: big_mib,
-        plain_mbit: Vec::new(),
-        tandem_mbit: Vec::new(),
-        ratio: f64::NAN,
-        a_cpu_s_per_gib: f64::NAN,
-        b_cpu_s_per_gib: f64::NAN,
-        b_share: f64::NAN,
-        a_idle_rss_mib: f64::NAN,
-        a_peak_rss_mib: 0.0,
-        b_peak_rss_mib: 0.0,
-        errors: Vec::new(),
+        testbed: "100+100 Mbit/s uplinks, no delay",
+        tag: "100mbit",
     };
-    let mut a_cpu = Vec::new();
-    let mut b_cpu = Vec::new();
-    let mut shares = Vec::new();
-    for rep in 0..reps {
-        // Plain first in even repetitions, tandem first in odd ones.
-        for tandem in if rep % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        } {
-            if !tandem {
-                for m in measure::download(
-                    &topo,
-                    &o.url("big.bin"),
-                    &big,
-                    &dir,
-                    measure::Opts::one(timeout),
-                )? {
-                    if let Some(e) = &m.error {
-                        bail!("plain unshaped download: {e}");
+    r.fast = Some(bench.run(1, ctx, false)?);
+    let act = systems::start(&topo, exe, System::TandemDynamic, &rates, MIB)?;
+    let (Some(pa), Some(pb)) = (act.daemon_pid(0), act.daemon_pid(1)) else {
+        act.stop(&topo);
+        bail!("no daemon pids");
+    };
+    procfs::reset_peak_rss(pa)?;
+    procfs::reset_peak_rss(pb)?;
+    let timeout =
+        Duration::from_secs_f64((count as u64 * conc_mib * MIB) as f64 * 8.0 / 20e6 + 30.0);
+    let ms = measure::download(
+        &topo,
+        &o.url("conc.bin"),
+        &conc,
+        &topo.workdir().join("client"),
+        measure::Opts {
+            count,
+            ..measure::Opts::one(timeout)
+        },
+    )?;
+    let alive = act.check_alive();
+    let errors: Vec<String> = ms
+        .iter()
+        .filter_map(|m| m.error.clone())
+        .chain(alive.err().map(|e| format!("a daemon died: {e:#}")))
+        .collect();
+    let c = Concurrent {
+        count,
+        size_mib: conc_mib,
+        ok: ms.iter().filter(|m| m.error.is_none()).count(),
+        elapsed_s: ms.iter().map(|m| m.wall_s).fold(0.0, f64::max),
+        accelerated: accelerated(&act, exe),
+        a_peak_rss_mib: procfs::peak_rss(pa).map(mib).unwrap_or(f64::NAN),
+        b_peak_rss_mib: procfs::peak_rss(pb).map(mib).unwrap_or(f64::NAN),
+        errors,
+    };
+    if let Ok(j) = act.status_json(exe, 0) {
+        let _ = std::fs::write(ctx.out.join("status-concurrent.json"), j);
+    }
+    println!(
+        "  {count} x {conc_mib} MiB concurrent (100 Mbit/s uplinks): {}/{count} identical, {:.1} s, {} accelerated, peak RSS A {:.1} MiB",
+        c.ok, c.elapsed_s, c.accelerated, c.a_peak_rss_mib
+    );
+    r.concurrent = Some(c);
+    act.stop(&topo);
+    Ok(())
+}
+
+/// Plain vs accelerated downloads of one file on one testbed, with the
+/// daemons' CPU time and peak RSS.
+struct Accel<'a> {
+    topo: &'a Topology,
+    exe: &'a Path,
+    rates: &'a [u64],
+    url: String,
+    file: std::path::PathBuf,
+    size_mib: u64,
+    testbed: &'a str,
+    tag: &'a str,
+}
+
+impl Accel<'_> {
+    fn run(&self, reps: usize, ctx: &Ctx, perf: bool) -> Result<Unshaped> {
+        let (topo, exe, big_mib) = (self.topo, self.exe, self.size_mib);
+        let dir = topo.workdir().join("client");
+        // At least 20 Mbit/s, or it is a failure anyway.
+        let timeout = Duration::from_secs_f64((big_mib * MIB) as f64 * 8.0 / 20e6 + 30.0);
+        let mbit = |m: &measure::Measured| {
+            m.curl
+                .map(|c| c.bytes as f64 * 8.0 / c.total_s.max(1e-9) / 1e6)
+                .unwrap_or(f64::NAN)
+        };
+        let mut u = Unshaped {
+            testbed: self.testbed.to_owned(),
+            size_mib: big_mib,
+            plain_mbit: Vec::new(),
+            tandem_mbit: Vec::new(),
+            ratio: f64::NAN,
+            a_cpu_s_per_gib: f64::NAN,
+            b_cpu_s_per_gib: f64::NAN,
+            b_share: f64::NAN,
+            a_idle_rss_mib: f64::NAN,
+            a_peak_rss_mib: 0.0,
+            b_peak_rss_mib: 0.0,
+            errors: Vec::new(),
+        };
+        let (mut a_cpu, mut b_cpu, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+        for rep in 0..reps {
+            // Plain first in even repetitions, tandem first in odd ones.
+            for tandem in if rep % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            } {
+                if !tandem {
+                    for m in measure::download(
+                        topo,
+                        &self.url,
+                        &self.file,
+                        &dir,
+                        measure::Opts::one(timeout),
+                    )? {
+                        if let Some(e) = &m.error {
+                            bail!("plain {big_mib} MiB download ({}): {e}", self.testbed);
+                        }
+                        println!(
+                            "  {} plain  {big_mib} MiB: {:.0} Mbit/s",
+                            self.tag,
+                            mbit(&m)
+                        );
+                        u.plain_mbit.push(mbit(&m));
                     }
-                    println!("  unshaped plain    {big_mib} MiB: {:.0} Mbit/s", mbit(&m));
-                    u.plain_mbit.push(mbit(&m));
-                }
-                continue;
-            }
-            let act = systems::start(&topo, exe, System::TandemDynamic, &rates, MIB)?;
-            let (Some(pa), Some(pb)) = (act.daemon_pid(0), act.daemon_pid(1)) else {
-                act.stop(&topo);
-                bail!("no daemon pids");
-            };
-            if rep == 0 {
-                u.a_idle_rss_mib = mib(procfs::rss(pa)?);
-            }
-            procfs::reset_peak_rss(pa)?;
-            procfs::reset_peak_rss(pb)?;
-            let (ca, cb) = (procfs::cpu_s(pa)?, procfs::cpu_s(pb)?);
-            let m = measure::download(
-                &topo,
-                &o.url("big.bin"),
-                &big,
-                &dir,
-                measure::Opts::one(timeout),
-            )?;
-            let (ca2, cb2) = (procfs::cpu_s(pa)?, procfs::cpu_s(pb)?);
-            u.a_peak_rss_mib = u.a_peak_rss_mib.max(mib(procfs::peak_rss(pa)?));
-            u.b_peak_rss_mib = u.b_peak_rss_mib.max(mib(procfs::peak_rss(pb)?));
-            if let Ok(j) = act.status_json(exe, 0) {
-                let _ = std::fs::write(out.join(format!("status-unshaped-rep{}.json", rep + 1)), j);
-            }
-            for m in &m {
-                if let Some(e) = &m.error {
-                    println!("  unshaped tandem   {big_mib} MiB: ! {e}");
-                    u.errors
-                        .push(format!("accelerated {big_mib} MiB, rep {}: {e}", rep + 1));
                     continue;
                 }
-                let total: u64 = m.per_source.iter().sum::<u64>().max(1);
-                let b_bytes = m.per_source.get(1).copied().unwrap_or(0);
-                shares.push(b_bytes as f64 / total as f64);
-                a_cpu.push((ca2 - ca) / ((big_mib * MIB) as f64 / GIB));
-                if b_bytes > 0 {
-                    b_cpu.push((cb2 - cb) / (b_bytes as f64 / GIB));
-                }
-                println!(
-                    "  unshaped tandem   {big_mib} MiB: {:.0} Mbit/s, B share {:.0}%, CPU A {:.2} s B {:.2} s, peak RSS A {:.1} MiB",
-                    mbit(m),
-                    shares.last().copied().unwrap_or(0.0) * 100.0,
-                    ca2 - ca,
-                    cb2 - cb,
-                    u.a_peak_rss_mib
-                );
-                u.tandem_mbit.push(mbit(m));
-            }
-            if rep == 0 {
-                // 20 concurrent downloads; fresh daemons so a stalled
-                // session of the previous download does not linger.
-                act.stop(&topo);
-                let act = systems::start(&topo, exe, System::TandemDynamic, &rates, MIB)?;
+                let act = systems::start(topo, exe, System::TandemDynamic, self.rates, MIB)?;
                 let (Some(pa), Some(pb)) = (act.daemon_pid(0), act.daemon_pid(1)) else {
-                    act.stop(&topo);
+                    act.stop(topo);
                     bail!("no daemon pids");
                 };
+                if rep == 0 {
+                    u.a_idle_rss_mib = mib(procfs::rss(pa)?);
+                }
                 procfs::reset_peak_rss(pa)?;
                 procfs::reset_peak_rss(pb)?;
-                let ms = measure::download(
-                    &topo,
-                    &o.url("conc.bin"),
-                    &conc,
-                    &dir,
-                    measure::Opts {
-                        count,
-                        ..measure::Opts::one(timeout)
-                    },
-                )?;
-                let errors: Vec<String> = ms.iter().filter_map(|m| m.error.clone()).collect();
-                let c = Concurrent {
-                    count,
-                    size_mib: conc_mib,
-                    ok: ms.iter().filter(|m| m.error.is_none()).count(),
-                    elapsed_s: ms.iter().map(|m| m.wall_s).fold(0.0, f64::max),
-                    accelerated: accelerated(&act, exe),
-                    a_peak_rss_mib: mib(procfs::peak_rss(pa)?),
-                    b_peak_rss_mib: mib(procfs::peak_rss(pb)?),
-                    errors,
+                let (ca, cb) = (procfs::cpu_s(pa)?, procfs::cpu_s(pb)?);
+                let prof = if perf && rep == 0 {
+                    Some((
+                        Perf::start(pa, &ctx.out.join(format!("perf-{}-a.data", self.tag)))?,
+                        Perf::start(pb, &ctx.out.join(format!("perf-{}-b.data", self.tag)))?,
+                    ))
+                } else {
+                    None
                 };
-                if let Ok(j) = act.status_json(exe, 0) {
-                    let _ = std::fs::write(out.join("status-concurrent.json"), j);
+                let m = measure::download(
+                    topo,
+                    &self.url,
+                    &self.file,
+                    &dir,
+                    measure::Opts::one(timeout),
+                )?;
+                if let Some((p1, p2)) = prof {
+                    p1.finish()?;
+                    p2.finish()?;
                 }
-                println!(
-                    "  {count} x {conc_mib} MiB concurrent: {}/{count} identical, {:.1} s, {} accelerated, peak RSS A {:.1} MiB",
-                    c.ok, c.elapsed_s, c.accelerated, c.a_peak_rss_mib
-                );
-                r.concurrent = Some(c);
-                act.stop(&topo);
-            } else {
-                act.stop(&topo);
+                if let Err(e) = act.check_alive() {
+                    let msg = format!(
+                        "a daemon died during the accelerated download (rep {}): {e:#}",
+                        rep + 1
+                    );
+                    println!("  ! {msg}");
+                    u.errors.push(msg);
+                    act.stop(topo);
+                    continue;
+                }
+                let (ca2, cb2) = (procfs::cpu_s(pa)?, procfs::cpu_s(pb)?);
+                u.a_peak_rss_mib = u.a_peak_rss_mib.max(mib(procfs::peak_rss(pa)?));
+                u.b_peak_rss_mib = u.b_peak_rss_mib.max(mib(procfs::peak_rss(pb)?));
+                if let Ok(j) = act.status_json(exe, 0) {
+                    let _ = std::fs::write(
+                        ctx.out
+                            .join(format!("status-{}-rep{}.json", self.tag, rep + 1)),
+                        j,
+                    );
+                }
+                for m in &m {
+                    if let Some(e) = &m.error {
+                        println!("  {} tandem {big_mib} MiB: ! {e}", self.tag);
+                        u.errors
+                            .push(format!("accelerated {big_mib} MiB, rep {}: {e}", rep + 1));
+                        continue;
+                    }
+                    let total: u64 = m.per_source.iter().sum::<u64>().max(1);
+                    let b_bytes = m.per_source.get(1).copied().unwrap_or(0);
+                    shares.push(b_bytes as f64 / total as f64);
+                    a_cpu.push((ca2 - ca) / ((big_mib * MIB) as f64 / GIB));
+                    if b_bytes > 0 {
+                        b_cpu.push((cb2 - cb) / (b_bytes as f64 / GIB));
+                    }
+                    println!(
+                        "  {} tandem {big_mib} MiB: {:.0} Mbit/s, B share {:.0}%, CPU A {:.2} s B {:.2} s, peak RSS A {:.1} MiB",
+                        self.tag,
+                        mbit(m),
+                        shares.last().copied().unwrap_or(0.0) * 100.0,
+                        ca2 - ca,
+                        cb2 - cb,
+                        u.a_peak_rss_mib
+                    );
+                    u.tandem_mbit.push(mbit(m));
+                }
+                act.stop(topo);
             }
         }
+        u.ratio = median(&u.tandem_mbit) / median(&u.plain_mbit);
+        u.a_cpu_s_per_gib = median(&a_cpu);
+        u.b_cpu_s_per_gib = median(&b_cpu);
+        u.b_share = median(&shares);
+        Ok(u)
     }
-    u.ratio = median(&u.tandem_mbit) / median(&u.plain_mbit);
-    u.a_cpu_s_per_gib = median(&a_cpu);
-    u.b_cpu_s_per_gib = median(&b_cpu);
-    u.b_share = median(&shares);
-    r.unshaped = Some(u);
-    Ok(())
 }
 
 fn accelerated(act: &systems::Active, exe: &Path) -> u64 {

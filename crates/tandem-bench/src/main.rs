@@ -58,6 +58,11 @@ struct Args {
     /// Skip the MPTCP anchor.
     #[arg(long)]
     no_mptcp: bool,
+    /// Profile both daemons with `perf record -g` during the first unshaped
+    /// accelerated download (perf-a/b.data and .txt in --out; use a tandem
+    /// binary with symbols).
+    #[arg(long)]
+    perf: bool,
     /// Origin server.
     #[arg(long, value_enum, default_value_t = LabOrigin::Nginx)]
     origin: LabOrigin,
@@ -172,7 +177,14 @@ fn run(args: &Args) -> Result<()> {
     }
     if wanted(Group::Cost) {
         println!("\n== cost ==");
-        match cost::run_cost(&exe, origin_kind(args, &exe), args.quick, reps, &out) {
+        match cost::run_cost(
+            &exe,
+            origin_kind(args, &exe),
+            args.quick,
+            reps,
+            &out,
+            args.perf,
+        ) {
             Ok(c) => cost_res = Some(c),
             Err(e) => {
                 let msg = format!("cost: {e:#}");
@@ -297,6 +309,7 @@ fn run_scenario(
     out: &Path,
 ) -> Result<Vec<Row>> {
     let topo = topology_for(sc, exe)?;
+    let _logs = systems::KeepLogs::new(&topo, &out.join("logs").join(&sc.id));
     let www = topo.workdir().join("www");
     std::fs::create_dir_all(&www)?;
     for &m in &sc.sizes_mib {

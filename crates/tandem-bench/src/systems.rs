@@ -437,6 +437,38 @@ fn start_mptcp(topo: &Topology) -> Result<Active> {
     }
 }
 
+/// Copies a topology's process logs (daemons, origin, curl, …) into a
+/// directory when dropped; declare it after the topology so it runs first.
+pub struct KeepLogs {
+    from: PathBuf,
+    to: PathBuf,
+}
+
+impl KeepLogs {
+    /// Keeps `topo`'s logs in `to`.
+    pub fn new(topo: &Topology, to: &Path) -> Self {
+        KeepLogs {
+            from: topo.workdir().join("logs"),
+            to: to.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        let _ = std::fs::create_dir_all(&self.to);
+        if let Ok(dir) = std::fs::read_dir(&self.from) {
+            for e in dir.filter_map(|e| e.ok()) {
+                let name = e.file_name();
+                // curl logs are many and say little once parsed.
+                if !name.to_string_lossy().starts_with("curl-") {
+                    let _ = std::fs::copy(e.path(), self.to.join(name));
+                }
+            }
+        }
+    }
+}
+
 /// MPTCP counters (`nstat -az MPTcpExt*`) of a namespace: name → value.
 pub fn mptcp_counters(topo: &Topology, ns: &str) -> Vec<(String, u64)> {
     let Ok(out) = topo.exec(ns, &["nstat", "-az", "--json"]) else {
