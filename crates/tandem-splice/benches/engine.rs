@@ -115,6 +115,54 @@ fn injected(c: &mut Criterion) {
         })
     });
     assert_eq!(p.engine.flow_info(flow).unwrap().delivered, Some(off));
+
+    // The shape of a real transfer: 64 KiB pieces, the client ACKs every
+    // second segment (delayed ACK). One element = one injected segment.
+    let mut p = Pair::new(false, true, true);
+    let flow = p.open(1 << 40, 0);
+    p.engine.accelerate(p.now, flow, 0).unwrap();
+    let ts = p.client_ts();
+    let mut ack = p.build(
+        true,
+        &Tcp {
+            seq: p.client_next(),
+            ack: Some(p.body_seq(0)),
+            window: 4096,
+            ts,
+            ..Tcp::default()
+        },
+    );
+    assert_eq!(
+        p.engine
+            .handle_packet(p.now, Direction::FromClient, &mut ack),
+        Verdict::Drop
+    );
+    while p.engine.poll_transmit(p.now, &mut out).is_some() {}
+    let meta = parse_ip_tcp(&ack).unwrap();
+    let chunk: Vec<u8> = Pair::body(0..65_536);
+    let now = p.now;
+    let base_seq = p.body_seq(0);
+    let (mut pushed, mut sent, mut segs) = (0u64, 0u64, 0u64);
+    g.bench_function("injected_segment_bulk", |b| {
+        b.iter(|| {
+            if pushed < sent + 65_536 {
+                p.engine.push_piece(now, flow, pushed, &chunk).unwrap();
+                pushed += 65_536;
+            }
+            let t = p.engine.poll_transmit(now, &mut out).unwrap();
+            black_box(t);
+            sent += 1448;
+            segs += 1;
+            if segs % 2 == 0 {
+                {
+                    let mut tcp = TcpPacket::new_unchecked(&mut ack[meta.tcp_offset..meta.ip_len]);
+                    tcp.update_ack(SeqNumber(base_seq).add(sent as u32));
+                }
+                let v = p.engine.handle_packet(now, Direction::FromClient, &mut ack);
+                assert_eq!(v, Verdict::Drop);
+            }
+        })
+    });
     g.finish();
 }
 

@@ -8,22 +8,32 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Adds `data` as big-endian 16-bit words to `acc` (odd tail padded with 0).
+///
+/// The sum is taken over native-endian words and byte-swapped once at the
+/// end (the ones' complement sum commutes with byte swapping, RFC 1071
+/// section 2(B)), so the loop needs no per-word swap.
 #[inline]
-pub fn accumulate(mut acc: u64, data: &[u8]) -> u64 {
-    // 8 bytes at a time into a u64 accumulator: carries are folded later.
-    let mut chunks = data.chunks_exact(8);
+pub fn accumulate(acc: u64, data: &[u8]) -> u64 {
+    let (even, tail) = data.split_at(data.len() & !1);
+    let mut s: u64 = 0;
+    let mut chunks = even.chunks_exact(8);
     for c in &mut chunks {
-        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        // add the two 32-bit halves; cannot overflow a u64 for any packet
-        // shorter than 2^32 words.
-        acc += (w >> 32) + (w & 0xffff_ffff);
+        let w = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // Two native 32-bit halves; each is hi * 2^16 + lo, congruent to
+        // hi + lo modulo 2^16 - 1. No overflow below 2^31 iterations.
+        s += (w >> 32) + (w & 0xffff_ffff);
     }
-    let rest = chunks.remainder();
-    let mut pairs = rest.chunks_exact(2);
-    for p in &mut pairs {
-        acc += u64::from(u16::from_be_bytes([p[0], p[1]]));
+    for p in chunks.remainder().chunks_exact(2) {
+        s += u64::from(u16::from_ne_bytes([p[0], p[1]]));
     }
-    if let [b] = pairs.remainder() {
+    let native = fold(s);
+    let be = if cfg!(target_endian = "little") {
+        native.swap_bytes()
+    } else {
+        native
+    };
+    let mut acc = acc + u64::from(be);
+    if let [b] = tail {
         acc += u64::from(*b) << 8;
     }
     acc
