@@ -53,7 +53,75 @@ pub fn open_queue(number: u16, max_len: u32) -> io::Result<nfq::Queue> {
     // ENOBUFS under load: keep going rather than error (packets beyond the
     // socket buffer are lost to the kernel, which fails open for the queue).
     q.set_recv_enobufs(false)?;
+    if let Err(e) = enlarge_queue_socket_buffer(QUEUE_SOCKET_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the NFQUEUE socket buffer; bursts may bypass the daemon");
+    }
     Ok(q)
+}
+
+/// Receive buffer of the queue's netlink socket. The queue is fail-open: a
+/// packet that does not fit into this buffer is accepted without the daemon
+/// seeing it. A burst of client ACKs during injection (LAN speed) overflows
+/// the default (~200 KiB) buffer; measured in the testbed, the ACKs that slip
+/// past are conntrack-INVALID and meet the WAN guard.
+pub const QUEUE_SOCKET_BUFFER: usize = 8 << 20;
+
+/// An integer `SOL_SOCKET` option of descriptor `fd`, if it is a socket.
+fn sockopt_int(fd: libc::c_int, opt: libc::c_int) -> Option<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt with an int out-param of the given size; a
+    // descriptor that is not a socket just fails with ENOTSOCK.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
+/// Sets `SO_RCVBUFFORCE` on the NFQUEUE netlink socket. The `nfq` crate does
+/// not expose its descriptor, so this finds it: the process's only
+/// `AF_NETLINK` socket of protocol `NETLINK_NETFILTER` (called right after
+/// the queue is opened, before anything else could open one).
+fn enlarge_queue_socket_buffer(bytes: usize) -> io::Result<()> {
+    let mut found = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let Ok(fd) = entry?.file_name().to_string_lossy().parse::<libc::c_int>() else {
+            continue;
+        };
+        let ok = sockopt_int(fd, libc::SO_DOMAIN) == Some(libc::AF_NETLINK)
+            && sockopt_int(fd, libc::SO_PROTOCOL) == Some(libc::NETLINK_NETFILTER);
+        if !ok {
+            continue;
+        }
+        let size = bytes as libc::c_int;
+        // SAFETY: setsockopt with a pointer to an int of the given size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        found += 1;
+    }
+    if found == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "no NETLINK_NETFILTER socket",
+        ));
+    }
+    Ok(())
 }
 
 /// Runs the queue loop until `recv` fails (the socket is closed at process
