@@ -251,6 +251,11 @@ pub struct Planner {
     /// Bytes buffered ahead of the client's delivery cursor, per download.
     #[serde(default = "default_window")]
     pub window: u64,
+    /// A piece should take about this long at its source's rate. Each piece
+    /// costs its source one request round trip of idle uplink, so longer
+    /// pieces waste less; shorter ones balance the end of a download better.
+    #[serde(default = "default_piece_time")]
+    pub piece_time_ms: u64,
     /// A source that delivers no byte for this long loses its pieces.
     #[serde(default = "default_stall")]
     pub stall_timeout_ms: u64,
@@ -268,6 +273,9 @@ fn default_advert() -> AdvertRule {
 fn default_window() -> u64 {
     8 * 1024 * 1024
 }
+fn default_piece_time() -> u64 {
+    250
+}
 fn default_stall() -> u64 {
     4000
 }
@@ -281,6 +289,7 @@ impl Default for Planner {
             policy: default_policy(),
             advert_rule: default_advert(),
             window: default_window(),
+            piece_time_ms: default_piece_time(),
             stall_timeout_ms: default_stall(),
             max_hops: default_hops(),
         }
@@ -501,6 +510,9 @@ impl Config {
                 "planner.window",
                 "must be between 262144 (256 KiB) and 268435456 (256 MiB)",
             ));
+        }
+        if !(50..=10_000).contains(&p.piece_time_ms) {
+            return Err(err("planner.piece_time_ms", "must be between 50 and 10000"));
         }
         if !(100..=600_000).contains(&p.stall_timeout_ms) {
             return Err(err(

@@ -659,6 +659,7 @@ fn session_config(cfg: &Config) -> SessionConfig {
         Policy::Proportional => tandem_plan::Policy::Proportional,
     };
     s.planner.window = cfg.planner.window;
+    s.planner.target_piece_time = Duration::from_millis(cfg.planner.piece_time_ms);
     s.planner.stall_timeout = Duration::from_millis(cfg.planner.stall_timeout_ms);
     s.local_rate_bps = (cfg.uplink.rate_mbit * 1e6) as u64;
     if let Some(f) = s.local_fetch.as_mut() {
