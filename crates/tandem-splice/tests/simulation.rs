@@ -356,3 +356,38 @@ fn regression_withheld_piece_while_streaming() {
         ..SimConfig::default()
     });
 }
+
+#[test]
+fn regression_paws_with_reordering_during_the_cut() {
+    // Found by the property hunt: in-order origin segments raised the
+    // client's TS.Recent above injected TSvals.
+    case(SimConfig {
+        seed: 3164739046236662749,
+        body_len: 264955,
+        cut: 115316,
+        client_mss: 889,
+        client_rx: 65536,
+        reorder: 0.05475625351418116,
+        delay: Duration::from_millis(2),
+        piece: 16627,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn regression_lost_rst_to_the_origin() {
+    // Found by the property hunt: the single RST to the origin was lost.
+    case(SimConfig {
+        seed: 14682082032768527642,
+        body_len: 102471,
+        cut: 94124,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: false,
+        loss: 0.031035341077468397,
+        reorder: 0.024915615632375557,
+        delay: Duration::from_millis(1),
+        piece: 8347,
+        ..SimConfig::default()
+    });
+}
