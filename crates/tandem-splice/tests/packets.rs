@@ -735,3 +735,126 @@ fn concurrent_flows_are_isolated_and_served_in_turn() {
     p.engine.fail(p.now, a);
     assert!(p.engine.flow_info(b).unwrap().state == "injecting");
 }
+
+/// A flow whose body is fully delivered and acknowledged (FIN included).
+fn finished_flow(cfg: EngineConfig) -> Pair {
+    let mut p = Pair::with_config(false, true, true, cfg);
+    let flow = p.open(3000, 0);
+    p.engine.accelerate(p.now, flow, 0).unwrap();
+    assert_eq!(p.client_ack(0, 1000).0, Verdict::Drop);
+    p.engine
+        .push_piece(p.now, flow, 0, &Pair::body(0..3000))
+        .unwrap();
+    let _ = p.recv_all();
+    assert_eq!(p.client_ack(3001, 1000).0, Verdict::Drop);
+    assert!(p.events().contains(&Event::Finished { flow }));
+    p
+}
+
+#[test]
+fn a_client_that_never_closes_idles_out_and_the_origin_is_reset() {
+    let cfg = EngineConfig {
+        idle_timeout: Duration::from_secs(30),
+        ..EngineConfig::default()
+    };
+    let mut p = finished_flow(cfg);
+    let flow = p.flow.unwrap();
+    assert_eq!(p.engine.flow_info(flow).unwrap().state, "finished");
+    let mut origin_rst = false;
+    let mut closed = false;
+    for _ in 0..50 {
+        let Some(t) = p.engine.poll_timeout() else {
+            break;
+        };
+        p.now = p.now.max(t);
+        p.engine.handle_timeout(p.now);
+        for (to, s) in p.recv_all() {
+            assert_eq!(
+                to,
+                Destination::ToOrigin,
+                "the client gets nothing: it has its body"
+            );
+            origin_rst |= s.rst;
+        }
+        closed |= p.events().contains(&Event::FlowClosed { flow });
+        if closed {
+            break;
+        }
+    }
+    assert!(origin_rst && closed);
+}
+
+#[test]
+fn a_new_request_after_the_body_gets_a_reset() {
+    let mut p = finished_flow(EngineConfig::default());
+    let ts = p.client_ts();
+    let seq = p.client_next();
+    let (v, _) = p.send_client(Tcp {
+        seq,
+        ack: Some(p.body_seq(3001)),
+        window: 1000,
+        ts,
+        payload: b"GET /next HTTP/1.1\r\nHost: o\r\n\r\n".to_vec(),
+        ..Tcp::default()
+    });
+    assert_eq!(v, Verdict::Drop);
+    let out = p.recv_all();
+    assert!(
+        out.iter()
+            .any(|(to, s)| *to == Destination::ToClient && s.rst),
+        "{out:?}"
+    );
+    assert!(
+        out.iter()
+            .any(|(to, s)| *to == Destination::ToOrigin && s.rst),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn an_origin_reset_before_the_cut_is_done_fails_the_flow() {
+    let mut p = accelerated(false, true, true, 50_000, 0, 10_000);
+    let flow = p.flow.unwrap();
+    let (v, _) = p.send_origin(Tcp {
+        seq: p.body_seq(2000),
+        flags: TcpFlags::RST,
+        ..Tcp::default()
+    });
+    assert_eq!(v, Verdict::Drop);
+    assert!(p.events().contains(&Event::Failed {
+        flow,
+        reason: FailReason::OriginReset
+    }));
+    let out = p.recv_all();
+    assert!(
+        out.iter()
+            .any(|(to, s)| *to == Destination::ToClient && s.rst)
+    );
+    assert!(
+        out.iter().all(|(to, _)| *to == Destination::ToClient),
+        "no RST back to an origin that reset"
+    );
+}
+
+#[test]
+fn an_origin_reset_after_the_cut_is_absorbed() {
+    let mut p = accelerated(false, true, true, 50_000, 0, 0);
+    let flow = p.flow.unwrap();
+    assert_eq!(p.client_ack(0, 1000).0, Verdict::Drop);
+    let _ = p.recv_all();
+    let (v, _) = p.send_origin(Tcp {
+        seq: p.body_seq(0),
+        flags: TcpFlags::RST,
+        ..Tcp::default()
+    });
+    assert_eq!(v, Verdict::Drop);
+    assert_eq!(p.engine.flow_info(flow).unwrap().state, "injecting");
+    p.engine
+        .push_piece(p.now, flow, 0, &Pair::body(0..3000))
+        .unwrap();
+    assert!(
+        p.recv_all()
+            .iter()
+            .all(|(to, _)| *to == Destination::ToClient)
+    );
+}
