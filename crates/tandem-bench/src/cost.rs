@@ -79,6 +79,8 @@ pub struct Unshaped {
 /// Many concurrent downloads through A with the daemons running.
 #[derive(Clone, Debug, Serialize)]
 pub struct Concurrent {
+    /// Which testbed.
+    pub testbed: String,
     /// Number of downloads.
     pub count: usize,
     /// Size of each, MiB.
@@ -105,13 +107,11 @@ pub struct CostResults {
     /// Ineligible-traffic overhead unshaped, without delay (the daemon's
     /// own latency is not hidden by 20 ms of RTT).
     pub ineligible_unshaped: Option<Ineligible>,
-    /// Unshaped throughput, CPU, memory (no delay, CPU bound).
-    pub unshaped: Option<Unshaped>,
-    /// The same on 100 Mbit/s uplinks (no delay): CPU per GiB and peak RSS
-    /// of a large accelerated download the daemon can carry.
-    pub fast: Option<Unshaped>,
-    /// Concurrent downloads.
-    pub concurrent: Option<Concurrent>,
+    /// Large accelerated downloads (vs plain where measured) with CPU and
+    /// memory: standard testbed, unshaped (CPU bound), 100 Mbit/s.
+    pub accel: Vec<Unshaped>,
+    /// Concurrent downloads, per testbed.
+    pub concurrent: Vec<Concurrent>,
     /// Parts that failed.
     pub errors: Vec<String>,
 }
@@ -145,7 +145,7 @@ impl CostResults {
                 i.ttfb_added_ms
             );
         }
-        for u in self.unshaped.iter().chain(&self.fast) {
+        for u in &self.accel {
             let _ = writeln!(s, "  {} MiB download, {}:", u.size_mib, u.testbed);
             let _ = writeln!(
                 s,
@@ -169,12 +169,13 @@ impl CostResults {
                 let _ = writeln!(s, "    ! {e}");
             }
         }
-        if let Some(c) = &self.concurrent {
+        for c in &self.concurrent {
             let _ = writeln!(
                 s,
-                "  {} concurrent {} MiB downloads: {}/{} identical in {:.1} s, {} accelerated; peak RSS A {:.1} MiB, B {:.1} MiB",
+                "  {} concurrent {} MiB downloads, {}: {}/{} identical in {:.1} s, {} accelerated; peak RSS A {:.1} MiB, B {:.1} MiB",
                 c.count,
                 c.size_mib,
+                c.testbed,
                 c.ok,
                 c.count,
                 c.elapsed_s,
@@ -387,7 +388,54 @@ fn unshaped(
     ctx: &Ctx,
     r: &mut CostResults,
 ) -> Result<()> {
-    // 1. Unshaped, no delay: CPU-bound throughput, ineligible latency.
+    let big_mib = if quick { 32 } else { 1024 };
+    let conc_mib = if quick { 8 } else { 64 };
+    // 1. The standard testbed (20+20 Mbit/s, 10 ms): CPU per GiB, peak RSS
+    //    and a profile of a large accelerated download, then 20 at once.
+    {
+        let spec = TopologySpec::pair(vec![
+            exe.as_os_str().to_owned(),
+            OsString::from("delayline"),
+        ]);
+        let topo = Topology::build(spec)?;
+        let _logs =
+            crate::systems::KeepLogs::new(&topo, &ctx.out.join("logs").join("cost-standard"));
+        let www = topo.workdir().join("www");
+        std::fs::create_dir_all(&www)?;
+        transfer::write_random_file(&www.join("big.bin"), big_mib * MIB, 25)?;
+        transfer::write_random_file(&www.join("conc.bin"), conc_mib * MIB, 26)?;
+        let o = start_origin(&topo, origin, &www)?;
+        let rates = [20, 20];
+        let bench = Accel {
+            topo: &topo,
+            exe,
+            rates: &rates,
+            url: o.url("big.bin"),
+            file: www.join("big.bin"),
+            size_mib: big_mib,
+            testbed: "standard testbed, 20+20 Mbit/s + 10 ms (tandem only)",
+            tag: "standard",
+            with_plain: false,
+        };
+        match bench.run(1, ctx, ctx.perf) {
+            Ok(u) => r.accel.push(u),
+            Err(e) => r.errors.push(format!("standard accelerated: {e:#}")),
+        }
+        match concurrent(
+            &topo,
+            exe,
+            &rates,
+            &o.url("conc.bin"),
+            &www.join("conc.bin"),
+            conc_mib,
+            "20+20 Mbit/s + 10 ms",
+            ctx,
+        ) {
+            Ok(c) => r.concurrent.push(c),
+            Err(e) => r.errors.push(format!("concurrent (standard): {e:#}")),
+        }
+    }
+    // 2. Unshaped, no delay: CPU-bound throughput, ineligible latency.
     {
         let mut spec = TopologySpec::pair(Vec::new());
         spec.down = None;
@@ -426,11 +474,14 @@ fn unshaped(
             size_mib: big_mib,
             testbed: "unshaped, no delay (CPU bound)",
             tag: "unshaped",
+            with_plain: true,
         };
-        r.unshaped = Some(bench.run(reps, ctx, ctx.perf)?);
+        match bench.run(reps, ctx, false) {
+            Ok(u) => r.accel.push(u),
+            Err(e) => r.errors.push(format!("unshaped accelerated: {e:#}")),
+        }
     }
-    // 2. 100 Mbit/s uplinks, no delay: CPU and memory of a large accelerated
-    //    download and of 20 concurrent ones.
+    // 3. 100 Mbit/s uplinks, no delay.
     let mut spec = TopologySpec::pair(Vec::new());
     spec.down = Some(tandem_lab::Rate::mbit(100));
     spec.up = Some(tandem_lab::Rate::mbit(100));
@@ -440,12 +491,9 @@ fn unshaped(
     let _logs = crate::systems::KeepLogs::new(&topo, &ctx.out.join("logs").join("cost-100mbit"));
     let www = topo.workdir().join("www");
     std::fs::create_dir_all(&www)?;
-    let big_mib = if quick { 256 } else { 1024 };
-    let conc_mib = if quick { 16 } else { 64 };
-    let count = 20;
-    let conc = www.join("conc.bin");
+    let big_mib = if quick { 128 } else { 512 };
     transfer::write_random_file(&www.join("big.bin"), big_mib * MIB, 24)?;
-    transfer::write_random_file(&conc, conc_mib * MIB, 22)?;
+    transfer::write_random_file(&www.join("conc.bin"), conc_mib * MIB, 22)?;
     let o = start_origin(&topo, origin, &www)?;
     let rates = [100, 100];
     let bench = Accel {
@@ -457,21 +505,55 @@ fn unshaped(
         size_mib: big_mib,
         testbed: "100+100 Mbit/s uplinks, no delay",
         tag: "100mbit",
+        with_plain: true,
     };
-    r.fast = Some(bench.run(1, ctx, false)?);
-    let act = systems::start(&topo, exe, System::TandemDynamic, &rates, MIB)?;
+    match bench.run(1, ctx, false) {
+        Ok(u) => r.accel.push(u),
+        Err(e) => r.errors.push(format!("100 Mbit/s accelerated: {e:#}")),
+    }
+    match concurrent(
+        &topo,
+        exe,
+        &rates,
+        &o.url("conc.bin"),
+        &www.join("conc.bin"),
+        conc_mib,
+        "100+100 Mbit/s, no delay",
+        ctx,
+    ) {
+        Ok(c) => r.concurrent.push(c),
+        Err(e) => r.errors.push(format!("concurrent (100 Mbit/s): {e:#}")),
+    }
+    Ok(())
+}
+
+/// 20 downloads of `url` at once with fresh daemons; peak RSS of both.
+#[allow(clippy::too_many_arguments)]
+fn concurrent(
+    topo: &Topology,
+    exe: &Path,
+    rates: &[u64],
+    url: &str,
+    file: &Path,
+    conc_mib: u64,
+    testbed: &str,
+    ctx: &Ctx,
+) -> Result<Concurrent> {
+    let count = 20;
+    let act = systems::start(topo, exe, System::TandemDynamic, rates, MIB)?;
     let (Some(pa), Some(pb)) = (act.daemon_pid(0), act.daemon_pid(1)) else {
-        act.stop(&topo);
+        act.stop(topo);
         bail!("no daemon pids");
     };
     procfs::reset_peak_rss(pa)?;
     procfs::reset_peak_rss(pb)?;
+    let slowest = rates.iter().copied().min().unwrap_or(20).max(1) as f64 * 1e6;
     let timeout =
-        Duration::from_secs_f64((count as u64 * conc_mib * MIB) as f64 * 8.0 / 20e6 + 30.0);
+        Duration::from_secs_f64((count as u64 * conc_mib * MIB) as f64 * 8.0 / slowest + 60.0);
     let ms = measure::download(
-        &topo,
-        &o.url("conc.bin"),
-        &conc,
+        topo,
+        url,
+        file,
         &topo.workdir().join("client"),
         measure::Opts {
             count,
@@ -485,6 +567,7 @@ fn unshaped(
         .chain(alive.err().map(|e| format!("a daemon died: {e:#}")))
         .collect();
     let c = Concurrent {
+        testbed: testbed.to_owned(),
         count,
         size_mib: conc_mib,
         ok: ms.iter().filter(|m| m.error.is_none()).count(),
@@ -495,15 +578,18 @@ fn unshaped(
         errors,
     };
     if let Ok(j) = act.status_json(exe, 0) {
-        let _ = std::fs::write(ctx.out.join("status-concurrent.json"), j);
+        let name = format!(
+            "status-concurrent-{}.json",
+            rates.first().copied().unwrap_or(0)
+        );
+        let _ = std::fs::write(ctx.out.join(name), j);
     }
     println!(
-        "  {count} x {conc_mib} MiB concurrent (100 Mbit/s uplinks): {}/{count} identical, {:.1} s, {} accelerated, peak RSS A {:.1} MiB",
+        "  {count} x {conc_mib} MiB concurrent ({testbed}): {}/{count} identical, {:.1} s, {} accelerated, peak RSS A {:.1} MiB",
         c.ok, c.elapsed_s, c.accelerated, c.a_peak_rss_mib
     );
-    r.concurrent = Some(c);
-    act.stop(&topo);
-    Ok(())
+    act.stop(topo);
+    Ok(c)
 }
 
 /// Plain vs accelerated downloads of one file on one testbed, with the
@@ -517,6 +603,8 @@ struct Accel<'a> {
     size_mib: u64,
     testbed: &'a str,
     tag: &'a str,
+    /// Also measure plain forwarding (alternating with tandem).
+    with_plain: bool,
 }
 
 impl Accel<'_> {
@@ -552,6 +640,9 @@ impl Accel<'_> {
             } else {
                 [true, false]
             } {
+                if !tandem && !self.with_plain {
+                    continue;
+                }
                 if !tandem {
                     for m in measure::download(
                         topo,
