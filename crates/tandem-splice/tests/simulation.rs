@@ -391,3 +391,22 @@ fn regression_lost_rst_to_the_origin() {
         ..SimConfig::default()
     });
 }
+
+#[test]
+fn regression_origin_bytes_past_the_cut_before_the_decision() {
+    // Found by the property hunt: origin segments past the cut that passed
+    // before the decision are legitimate (and correct) client bytes.
+    case(SimConfig {
+        seed: 17375424989101764656,
+        body_len: 49479,
+        cut: 4465,
+        client_rx: 65536,
+        timestamps: false,
+        sack: false,
+        reorder: 0.05383280942163088,
+        delay: Duration::from_millis(2),
+        piece: 8710,
+        withhold: Some(39373),
+        ..SimConfig::default()
+    });
+}
