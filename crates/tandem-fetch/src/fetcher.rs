@@ -324,6 +324,19 @@ impl RangeFetcher {
         })
     }
 
+    /// A second fetcher for the same resource and settings, with its own
+    /// (not yet opened) connection: two of them let one piece's request
+    /// round trip overlap another piece's body.
+    pub fn another_connection(&self) -> Self {
+        Self {
+            resource: self.resource.clone(),
+            config: self.config.clone(),
+            conn: None,
+            buf: vec![0; self.buf.len()],
+            stats: FetchStats::default(),
+        }
+    }
+
     /// The resource this fetcher serves.
     pub fn resource(&self) -> &Resource {
         &self.resource
