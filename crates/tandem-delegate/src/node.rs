@@ -221,7 +221,26 @@ impl Node {
         if s.uplink_bps == 0 {
             return 0;
         }
-        (s.uplink_bps as f64 * s.neighbour_share.clamp(0.0, 1.0)) as u64
+        match &self.inner.limits.rate {
+            Some(rate) => rate.rate().saturating_mul(8),
+            None => (s.uplink_bps as f64 * s.neighbour_share.clamp(0.0, 1.0)) as u64,
+        }
+    }
+
+    /// Sets how much of the uplink neighbours may use from now on (bits/s),
+    /// e.g. from a measurement of the router's own traffic (the daemon lends
+    /// idle capacity and keeps `1 - neighbour_share` for its own users when
+    /// they are busy). No effect without a configured uplink.
+    pub fn set_neighbour_budget(&self, bits_per_sec: u64) {
+        if let Some(rate) = &self.inner.limits.rate {
+            rate.set_rate(bits_per_sec / 8);
+        }
+    }
+
+    /// Body bytes served to neighbours so far (paced bytes; 0 without a
+    /// configured uplink).
+    pub fn neighbour_bytes_served(&self) -> u64 {
+        self.inner.limits.rate.as_ref().map_or(0, |r| r.total())
     }
 
     /// Stops [`Node::serve`] and drops every connection it accepted (their

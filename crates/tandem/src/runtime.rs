@@ -342,6 +342,14 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         tokio::spawn(async move { node.serve(listener).await });
     }
 
+    {
+        let node = node.clone();
+        let wan = cfg.interfaces.wan.clone();
+        let uplink_bps = cfg.uplink.rate_mbit * 1e6;
+        let share = cfg.uplink.neighbour_share;
+        tokio::spawn(async move { lend_idle_uplink(node, wan, uplink_bps, share).await });
+    }
+
     let engine = Engine::new(EngineConfig {
         max_flows: cfg.splice.max_flows,
         idle_timeout: Duration::from_secs(cfg.splice.idle_timeout_s),
@@ -488,6 +496,50 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&shared.cfg.status.socket);
     info!("tandem stopped");
     Ok(())
+}
+
+/// How often the neighbours' budget follows this router's own traffic.
+const BUDGET_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Sum of the WAN interfaces' received bytes (0 for an unreadable counter).
+fn wan_rx_bytes(wan: &[String]) -> u64 {
+    wan.iter()
+        .filter_map(|i| {
+            std::fs::read_to_string(format!("/sys/class/net/{i}/statistics/rx_bytes")).ok()
+        })
+        .filter_map(|t| t.trim().parse::<u64>().ok())
+        .sum()
+}
+
+/// The neighbours' budget (bits/s) for a measured own-traffic rate: all of
+/// the uplink while this router's own users are idle, shrinking twice as
+/// fast as their traffic grows (so they can take the uplink back), never
+/// below `neighbour_share` of it.
+pub fn neighbour_budget(uplink_bps: f64, share: f64, own_bps: f64) -> u64 {
+    let floor = uplink_bps * share.clamp(0.0, 1.0);
+    (uplink_bps - 2.0 * own_bps.max(0.0)).clamp(floor, uplink_bps) as u64
+}
+
+/// Lends the idle uplink to neighbours: own traffic = WAN receive rate minus
+/// what was served to neighbours (with 5 % for headers).
+async fn lend_idle_uplink(node: Arc<Node>, wan: Vec<String>, uplink_bps: f64, share: f64) {
+    node.set_neighbour_budget(uplink_bps as u64);
+    let mut last_rx = wan_rx_bytes(&wan);
+    let mut last_served = node.neighbour_bytes_served();
+    let mut tick = tokio::time::interval(BUDGET_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let rx = wan_rx_bytes(&wan);
+        let served = node.neighbour_bytes_served();
+        let secs = BUDGET_INTERVAL.as_secs_f64();
+        let wan_bps = rx.saturating_sub(last_rx) as f64 * 8.0 / secs;
+        let served_bps = served.saturating_sub(last_served) as f64 * 8.0 / secs * 1.05;
+        let budget = neighbour_budget(uplink_bps, share, wan_bps - served_bps);
+        node.set_neighbour_budget(budget);
+        last_rx = rx;
+        last_served = served;
+    }
 }
 
 /// One accelerated download: feeds the session's pieces to the engine.
@@ -733,5 +785,21 @@ fn snapshot(shared: &Shared) -> Snapshot {
         downloads: lock(&shared.downloads).values().cloned().collect(),
         decisions: counters.decisions.clone(),
         packets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_lends_idle_uplink_and_keeps_the_share_floor() {
+        let up = 20e6;
+        assert_eq!(neighbour_budget(up, 0.5, 0.0), 20_000_000);
+        assert_eq!(neighbour_budget(up, 0.5, -3.0), 20_000_000);
+        assert_eq!(neighbour_budget(up, 0.5, 2e6), 16_000_000);
+        assert_eq!(neighbour_budget(up, 0.5, 8e6), 10_000_000);
+        assert_eq!(neighbour_budget(up, 0.25, 8e6), 5_000_000);
+        assert_eq!(neighbour_budget(up, 0.0, 30e6), 0);
     }
 }
