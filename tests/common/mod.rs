@@ -6,6 +6,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+pub mod world;
+
 pub use tandem_lab::capture::{self, Capture};
 pub use tandem_lab::origin::{Origin, OriginKind, start_origin};
 pub use tandem_lab::topology::{self, Dir, Rate, Topology, TopologySpec, Way};
@@ -104,4 +106,43 @@ pub fn ping_min_ms(topo: &Topology, ns: &str, dst: &str, count: u32) -> f64 {
         .trim()
         .parse()
         .expect("min rtt")
+}
+
+/// Like `capture::EXPERT_PROBLEM_FILTER`, except that a TCP checksum of
+/// 0xffff where 0x0000 was computed is not a problem: both are zero in
+/// ones' complement (RFC 1624), every receiver accepts it, and Linux itself
+/// writes 0xffff when it computes the checksum in software
+/// (`skb_checksum_help`: `csum_fold(..) ?: CSUM_MANGLED_0`), so about one
+/// in 65 536 of the client's own segments carries it (seen in a capture:
+/// an ACK the client sent).
+pub const TRANSPORT_PROBLEM_FILTER: &str =
+    "ip.checksum.status == 0 || (tcp.checksum.status == 0 && !tcp.checksum.ffff) || _ws.malformed";
+
+/// Fails if `pcap` has a bad IP/TCP checksum (see
+/// [`TRANSPORT_PROBLEM_FILTER`]) or a malformed IP/TCP packet, or a data
+/// segment beyond the receiver's advertised window; returns how many data
+/// segments the window check judged.
+pub fn check_well_formed(pcap: &std::path::Path) -> usize {
+    let bad = capture::matching_with(pcap, TRANSPORT_PROBLEM_FILTER, true).unwrap();
+    assert!(
+        bad.is_empty(),
+        "{}: {} bad checksums or malformed packets, e.g.:\n{}",
+        pcap.display(),
+        bad.len(),
+        bad.iter().take(10).cloned().collect::<Vec<_>>().join("\n")
+    );
+    let w = capture::window_violations(pcap).unwrap();
+    assert!(
+        w.violations.is_empty(),
+        "{}: {} segments beyond the receive window, e.g.:\n{}",
+        pcap.display(),
+        w.violations.len(),
+        w.violations
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    w.judged
 }

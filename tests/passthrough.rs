@@ -1,0 +1,306 @@
+//! netns tests (root): traffic tandem must leave alone. Each download runs
+//! through A with both daemons up and must arrive byte-identical, B must
+//! carry nothing of it, A's decision counter must name the reason, and the
+//! flow must leave the queue after its first packets: A's daemon counts the
+//! packets it was handed (`tandem status --json`, `packets.queued`) and the
+//! kernel counts what it queued (`/proc/net/netfilter/nfnetlink_queue` in
+//! A's namespace); both must stay within the first-packets window while the
+//! transfer itself is thousands of packets.
+//!
+//! ```text
+//! cargo build -p tandem && sudo -E cargo test -p tandem-integration --test passthrough -- --nocapture
+//! ```
+//!
+//! Like `daemon.rs`, every test builds and removes its own namespaces and
+//! holds [`world::serial`].
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::world::{MIB, Status, World, nfqueue_total, serial, tandem_origin};
+use common::*;
+use tandem_lab::daemon::DAEMON_QUEUE;
+
+/// The daemon's `[queue] first_packets` default: packets of a new port-80
+/// connection (both directions) queued before the daemon has decided.
+const FIRST_PACKETS: u64 = 12;
+/// Most packets one pass-through flow may put through the queue: the
+/// first-packets window (connbytes 0..=12 counts 13) with room for a few
+/// retransmissions of the handshake or heads.
+const QUEUE_BOUND: u64 = 2 * FIRST_PACKETS;
+
+/// Counters before a transfer, to measure what it changed.
+struct Before {
+    status: Status,
+    kernel: u64,
+}
+
+fn before(w: &World) -> Before {
+    Before {
+        status: w.status(0),
+        kernel: nfqueue_total(&w.topo, &w.topo.router_ns(0), DAEMON_QUEUE),
+    }
+}
+
+/// Checks the pass-through invariants after one transfer of `size` bytes
+/// (one of the decisions `reasons` counted once, or no decision at all for a
+/// non-HTTP flow when `reasons` is empty) and prints the figures.
+fn check_untouched(
+    w: &World,
+    b0: Before,
+    mut meter: common::world::WanMeter,
+    reasons: &[&str],
+    size: u64,
+) {
+    let s = w.status(0);
+    let daemon_queued = s.packet("queued") - b0.status.packet("queued");
+    let kernel_queued = nfqueue_total(&w.topo, &w.topo.router_ns(0), DAEMON_QUEUE) - b0.kernel;
+    let wan = meter.read();
+    println!(
+        "decisions {:?}; queued: daemon {daemon_queued}, kernel {kernel_queued} packets for a {size}-byte transfer; \
+         WAN bytes {}; peer bytes {:?}",
+        s.decisions,
+        meter.describe(size),
+        s.peer_bytes
+    );
+    assert_eq!(s.decision("accelerated"), 0, "accelerated: {}", s.raw);
+    let counted: u64 =
+        s.decisions.values().sum::<u64>() - b0.status.decisions.values().sum::<u64>();
+    if reasons.is_empty() {
+        assert_eq!(
+            counted, 0,
+            "a non-HTTP flow got an HTTP decision: {}",
+            s.raw
+        );
+    } else {
+        let hit: u64 = reasons
+            .iter()
+            .map(|r| s.decision(r) - b0.status.decision(r))
+            .sum();
+        assert!(
+            hit == 1 && counted == 1,
+            "expected one decision among {reasons:?}: {}",
+            s.raw
+        );
+    }
+    assert!(
+        (1..=QUEUE_BOUND).contains(&daemon_queued),
+        "the daemon was handed {daemon_queued} packets (bound {QUEUE_BOUND})"
+    );
+    assert!(
+        (1..=QUEUE_BOUND).contains(&kernel_queued),
+        "the kernel queued {kernel_queued} packets (bound {QUEUE_BOUND})"
+    );
+    assert_eq!(s.packet("injected"), 0, "packets injected: {}", s.raw);
+    assert_eq!(s.peer_bytes.get("b").copied().unwrap_or(0), 0, "{}", s.raw);
+    // B's WAN: nothing of the body (a few hundred bytes of stray traffic at most).
+    assert!(wan[1] < 16 * 1024, "B's WAN received {} bytes", wan[1]);
+    assert!(wan[0] >= size, "A's WAN received only {} bytes", wan[0]);
+}
+
+fn plain_download(w: &World, tool: Tool, name: &str, size: u64, reasons: &[&str]) {
+    let b0 = before(w);
+    let meter = w.wan_meter();
+    let got = w.out(name);
+    let d = download(
+        &w.topo,
+        0,
+        tool,
+        &w.url(name),
+        &got,
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert_same_bytes(&w.file(name), &got).unwrap();
+    println!(
+        "{tool:?} {name}: identical in {:.2} s ({:.1} Mbit/s)",
+        d.elapsed.as_secs_f64(),
+        d.mbit_per_s()
+    );
+    check_untouched(w, b0, meter, reasons, size);
+}
+
+/// Issue item: a file below `min_size` (1 MiB in the lab) passes through
+/// (curl, nginx).
+#[test]
+fn small_file_below_the_threshold_is_untouched() {
+    let _serial = serial();
+    let size = 768 * 1024;
+    let w = World::pair(OriginKind::Nginx, &[("small.mp4", size, 60)]);
+    plain_download(&w, Tool::Curl, "small.mp4", size, &["too_small"]);
+}
+
+/// Issue item: a large file with a non-media MIME type (`text/plain`, not
+/// in the default `video/* audio/* application/*`; 8 MiB, well above the
+/// size threshold, so the type is the only reason) passes through (wget,
+/// tandem's origin).
+#[test]
+fn non_video_mime_type_is_untouched() {
+    let _serial = serial();
+    let size = 8 * MIB;
+    let w = World::pair(tandem_origin(), &[("notes.txt", size, 61)]);
+    plain_download(&w, Tool::Wget, "notes.txt", size, &["content_type"]);
+}
+
+/// Issue item: an origin without Range support passes through intact.
+/// `python3 -m http.server` (aria2c) answers HTTP/1.0 without
+/// `Accept-Ranges`; the decision names the first rule it fails
+/// (`not_http11`). Tandem's origin with `--no-ranges` (curl) is the
+/// HTTP/1.1 case: `no_accept_ranges`.
+#[test]
+fn origin_without_range_support_passes_through_intact() {
+    let _serial = serial();
+    let size = 16 * MIB;
+    let w = World::pair(OriginKind::Python, &[("video.mp4", size, 62)]);
+    plain_download(
+        &w,
+        Tool::Aria2,
+        "video.mp4",
+        size,
+        &["not_http11", "no_accept_ranges"],
+    );
+    drop(w);
+    let size = 8 * MIB;
+    let w = World::pair(
+        OriginKind::Tandem {
+            exe: tandem_exe(),
+            extra: vec!["--no-ranges".into()],
+        },
+        &[("video.mp4", size, 65)],
+    );
+    plain_download(&w, Tool::Curl, "video.mp4", size, &["no_accept_ranges"]);
+}
+
+/// Issue item: a request carrying a Cookie is not delegated (the pieces
+/// would be fetched without it): intact, B carried 0 bytes, decision
+/// `has_cookie` (curl, nginx).
+#[test]
+fn request_with_cookie_is_not_delegated() {
+    let _serial = serial();
+    let size = 16 * MIB;
+    let w = World::pair(OriginKind::Nginx, &[("video.mp4", size, 63)]);
+    let b0 = before(&w);
+    let meter = w.wan_meter();
+    let got = w.out("video.mp4");
+    let url = w.url("video.mp4");
+    let got_s = got.to_string_lossy().into_owned();
+    let start = Instant::now();
+    let p = w
+        .topo
+        .spawn(
+            &w.topo.client_ns(0),
+            "curl-cookie",
+            &[
+                "curl",
+                "-sS",
+                "--fail",
+                "--max-time",
+                "300",
+                "-H",
+                "Cookie: session=0123456789abcdef",
+                "-o",
+                &got_s,
+                &url,
+            ],
+        )
+        .unwrap();
+    let d = transfer::finish(&p, start, &got, Duration::from_secs(300)).unwrap();
+    assert_same_bytes(&w.file("video.mp4"), &got).unwrap();
+    println!(
+        "curl with Cookie: identical in {:.2} s ({:.1} Mbit/s)",
+        d.elapsed.as_secs_f64(),
+        d.mbit_per_s()
+    );
+    check_untouched(&w, b0, meter, &["has_cookie"], size);
+}
+
+/// Issue item: a non-HTTP TCP flow on port 80 (a binary stream the server
+/// sends first, 8 MiB, socat at both ends) passes through intact, gets no
+/// HTTP decision and leaves the queue after its first packets.
+#[test]
+fn non_http_tcp_flow_on_port_80_is_untouched() {
+    let _serial = serial();
+    let size = 8 * MIB;
+    let w = World::pair(tandem_origin(), &[("stream.bin", size, 64)]);
+    // A second origin address for the socat server (port 80 of the first is
+    // the HTTP origin's).
+    let other = "203.0.113.11";
+    let o = w.topo.origin_ns();
+    w.topo
+        .exec(
+            &o,
+            &["ip", "addr", "add", &format!("{other}/24"), "dev", "eth0"],
+        )
+        .unwrap();
+    let file = w.file("stream.bin");
+    let _server = w
+        .topo
+        .spawn(
+            &o,
+            "socat-server",
+            &[
+                "socat".to_string(),
+                "-u".into(),
+                format!("FILE:{}", file.display()),
+                format!("TCP-LISTEN:80,bind={other},reuseaddr"),
+            ],
+        )
+        .unwrap();
+    tandem_lab::netns::wait_until("socat listening", Duration::from_secs(5), || {
+        w.topo
+            .exec(&o, &["ss", "-ltnH", "src", &format!("{other}:80")])
+            .map(|out| !out.trim().is_empty())
+            .unwrap_or(false)
+    })
+    .unwrap();
+    let b0 = before(&w);
+    let meter = w.wan_meter();
+    let got = w.out("stream.bin");
+    let start = Instant::now();
+    let client = w
+        .topo
+        .spawn(
+            &w.topo.client_ns(0),
+            "socat-client",
+            &[
+                "socat".to_string(),
+                "-u".into(),
+                format!("TCP:{other}:80"),
+                format!("CREATE:{}", got.display()),
+            ],
+        )
+        .unwrap();
+    let d = transfer::finish(&client, start, &got, Duration::from_secs(120)).unwrap();
+    assert_same_bytes(&file, &got).unwrap();
+    println!(
+        "non-HTTP stream on port 80: identical in {:.2} s ({:.1} Mbit/s)",
+        d.elapsed.as_secs_f64(),
+        d.mbit_per_s()
+    );
+    check_untouched(&w, b0, meter, &[], size);
+}
+
+/// The tests' reader of `tandem status --json` (no JSON crate in this
+/// package) understands the daemon's pretty-printed format.
+#[test]
+fn status_parser_reads_the_daemon_format() {
+    let raw = r#"{
+  "node": "a",
+  "uptime_s": 3,
+  "peers": [
+    { "name": "b", "address": "192.0.2.130:7788", "state": "committed", "bytes": 1234, "rate_bps": 1.5, "advertised_bps": 20000000.0 }
+  ],
+  "downloads": [],
+  "decisions": { "accelerated": 2, "has_cookie": 1 },
+  "packets": { "queued": 40, "injected": 7 }
+}"#;
+    let s = Status::parse(raw);
+    assert_eq!(s.decision("accelerated"), 2);
+    assert_eq!(s.decision("has_cookie"), 1);
+    assert_eq!(s.decision("busy"), 0);
+    assert_eq!(s.packet("queued"), 40);
+    assert_eq!(s.packet("injected"), 7);
+    assert_eq!(s.peer_bytes.get("b"), Some(&1234));
+}
