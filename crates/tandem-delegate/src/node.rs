@@ -59,6 +59,9 @@ pub struct ServeConfig {
     /// Fetcher settings (timeouts, source address). Its policy is replaced
     /// by `target_policy`.
     pub fetch: FetchConfig,
+    /// How the rate committed to a session counts the sub-neighbours this
+    /// router may delegate to (`tandem_plan::advertise`).
+    pub advert_rule: tandem_plan::AdvertRule,
 }
 
 impl Default for ServeConfig {
@@ -70,6 +73,7 @@ impl Default for ServeConfig {
             neighbour_share: 0.5,
             max_concurrent_pieces: 4,
             fetch: FetchConfig::default(),
+            advert_rule: tandem_plan::AdvertRule::CappedSum,
         }
     }
 }
@@ -227,6 +231,42 @@ impl Node {
         }
     }
 
+    /// The rate committed to `asker` for a session that may be delegated
+    /// `hop_budget` more hops: this router's offered rate, combined by
+    /// [`ServeConfig::advert_rule`] with what its other neighbours could
+    /// bring. Their uplinks are not known before they are asked, so each is
+    /// assumed to match ours, capped by the link to it; 0 means unknown.
+    pub(crate) fn committed_rate_bps(&self, asker: &PublicKey, hop_budget: u8) -> u64 {
+        use tandem_plan::{NeighbourRate, Rate, advertise};
+        let own = self.offered_rate_bps();
+        if own == 0 {
+            return 0;
+        }
+        let cfg = &self.inner.config;
+        let link_to_asker = cfg
+            .neighbours
+            .iter()
+            .find(|n| n.key == *asker && n.link_bps > 0)
+            .map(|n| Rate::from_bytes_per_sec(n.link_bps as f64 / 8.0));
+        let others: Vec<NeighbourRate> = if hop_budget > 0 {
+            crate::relay::sub_neighbours(self, asker)
+                .iter()
+                .map(|n| {
+                    let link = if n.link_bps > 0 { n.link_bps } else { own };
+                    NeighbourRate {
+                        advertised: Rate::from_bytes_per_sec(own as f64 / 8.0),
+                        link: Rate::from_bytes_per_sec(link as f64 / 8.0),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let own = Rate::from_bytes_per_sec(own as f64 / 8.0);
+        let rate = advertise(cfg.serve.advert_rule, own, link_to_asker, &others);
+        (rate.bytes_per_sec() * 8.0) as u64
+    }
+
     /// Sets how much of the uplink neighbours may use from now on (bits/s),
     /// e.g. from a measurement of the router's own traffic (the daemon lends
     /// idle capacity and keeps `1 - neighbour_share` for its own users when
@@ -370,7 +410,7 @@ impl Node {
             Err(TableError::AlreadyCommitted(_)) => return Err(RefuseReason::DuplicateSession),
             Err(_) => return Err(RefuseReason::Capacity),
         }
-        Ok((fetcher, self.offered_rate_bps()))
+        Ok((fetcher, self.committed_rate_bps(&from, n.hop_budget)))
     }
 
     pub(crate) fn release(&self, key: &SessionKey) {
@@ -559,5 +599,49 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.release_all();
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod advert_tests {
+    use super::*;
+
+    fn node(rule: tandem_plan::AdvertRule) -> (Node, PublicKey) {
+        let asker = KeyPair::generate().unwrap().public();
+        let sub = KeyPair::generate().unwrap().public();
+        let addr = |p| Some(SocketAddr::from(([192, 0, 2, 1], p)));
+        let neighbours = vec![
+            NeighbourConfig {
+                name: "asker".into(),
+                key: asker,
+                addr: addr(1),
+                link_bps: 54_000_000,
+            },
+            NeighbourConfig {
+                name: "sub".into(),
+                key: sub,
+                addr: addr(2),
+                link_bps: 10_000_000,
+            },
+        ];
+        let mut cfg = NodeConfig::new("b", KeyPair::generate().unwrap(), neighbours);
+        cfg.serve.uplink_bps = 20_000_000;
+        cfg.serve.neighbour_share = 1.0;
+        cfg.serve.advert_rule = rule;
+        (Node::new(cfg), asker)
+    }
+
+    #[test]
+    fn committed_rate_follows_the_advert_rule_and_hop_budget() {
+        let (n, asker) = node(tandem_plan::AdvertRule::CappedSum);
+        let within = |v: u64, want: u64| v.abs_diff(want) <= want / 1000;
+        // no hops left: own rate only
+        assert!(within(n.committed_rate_bps(&asker, 0), 20_000_000));
+        // capped sum: own 20 + sub min(20 assumed, link 10) = 30, under the 54 link
+        assert!(within(n.committed_rate_bps(&asker, 1), 30_000_000));
+        let (n, asker) = node(tandem_plan::AdvertRule::Average);
+        // the seed's average of own (20) and the sub's assumed 20
+        assert!(within(n.committed_rate_bps(&asker, 1), 20_000_000));
     }
 }

@@ -701,6 +701,10 @@ fn node_config(cfg: &Config, keys: KeyPair) -> anyhow::Result<NodeConfig> {
     nc.serve.uplink_bps = (cfg.uplink.rate_mbit * 1e6) as u64;
     nc.serve.neighbour_share = cfg.uplink.neighbour_share;
     nc.serve.fetch.bind_addr = cfg.uplink.source_address;
+    nc.serve.advert_rule = match cfg.planner.advert_rule {
+        crate::config::AdvertRule::CappedSum => tandem_plan::AdvertRule::CappedSum,
+        crate::config::AdvertRule::Average => tandem_plan::AdvertRule::Average,
+    };
     Ok(nc)
 }
 
