@@ -14,6 +14,8 @@ fi
 bash scripts/install-deps.sh
 
 step() { printf '\n=== %s\n' "$*"; }
+target="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -22,13 +24,13 @@ step "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "cargo test (unit, simulation, loopback and netns integration)"
-cargo test --workspace --locked 2>&1 | tee target/test-host.log
+cargo test --workspace --locked 2>&1 | tee "$target/test-host.log"
 # Fail loudly if any test binary reported a failure that tee masked.
-if grep -qE '^test result: FAILED' target/test-host.log; then exit 1; fi
+if grep -qE '^test result: FAILED' "$target/test-host.log"; then exit 1; fi
 
 step "OpenWrt feed: init script, UCI mapping, fw4/fw3 rules, package Makefile"
 cargo build --locked -p tandem
-bash openwrt-feed/tests/run.sh target/debug/tandem
+bash openwrt-feed/tests/run.sh "$target/debug/tandem"
 
 step "router binary builds for a 32-bit target without 64-bit atomics (as MIPS)"
 cargo check --locked --target powerpc-unknown-linux-gnu -p tandem
