@@ -128,12 +128,11 @@ fn captures_show_no_lan_source_on_wan_and_a_clean_client_stream() {
     let _serial = serial();
     let size = 24 * MIB;
     let w = World::pair(OriginKind::Nginx, &[("video.mp4", size, 44)]);
-    let cap_wan = Capture::start(&w.topo, &w.topo.router_ns(0), "wan0", "a-wan", None).unwrap();
-    let cap_cl =
-        Capture::start(&w.topo, &w.topo.client_ns(0), "eth0", "client", Some("tcp")).unwrap();
+    let cap_wan = Cap::start(&w.topo, &w.topo.router_ns(0), "wan0", "a-wan", None);
+    let cap_cl = Cap::start(&w.topo, &w.topo.client_ns(0), "eth0", "client", Some("tcp"));
     let (_, wan) = download_checked(&w, Tool::Wget, "video.mp4", size);
-    let wan_pcap = cap_wan.stop().unwrap();
-    let cl_pcap = cap_cl.stop().unwrap();
+    let wan_pcap = cap_wan.stop();
+    let cl_pcap = cap_cl.stop();
     let s = w.status(0);
     print_status("A", &s);
     assert_eq!(s.decision("accelerated"), 1, "{}", s.raw);
@@ -285,9 +284,9 @@ fn loss_on_a_wan_is_still_identical() {
     let w = World::pair(OriginKind::Nginx, &[("video.mp4", size, 50)]);
     w.topo.add_uplink_loss(0, Way::Down, 0.02).unwrap();
     w.topo.add_uplink_loss(0, Way::Up, 0.02).unwrap();
-    let cap = Capture::start(&w.topo, &w.topo.router_ns(0), "wan0", "a-wan", None).unwrap();
+    let cap = Cap::start(&w.topo, &w.topo.router_ns(0), "wan0", "a-wan", None);
     download_checked(&w, Tool::Curl, "video.mp4", size);
-    let pcap = cap.stop().unwrap();
+    let pcap = cap.stop();
     let s = w.status(0);
     print_status("A", &s);
     assert_eq!(s.decision("accelerated"), 1, "{}", s.raw);
@@ -308,7 +307,8 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
         tandem_origin(),
         &[("video.mp4", size, 51), ("after.mp4", 16 * MIB, 52)],
     );
-    let cap = Capture::start(&w.topo, &w.topo.router_ns(0), "wan0", "a-wan", None).unwrap();
+    let cap = Cap::start(&w.topo, &w.topo.router_ns(0), "wan0", "a-wan", None);
+    let cap_cl = Cap::start(&w.topo, &w.topo.client_ns(0), "eth0", "client", Some("tcp"));
     let got = w.out("video.mp4");
     let start = Instant::now();
     let p = transfer::spawn_download(&w.topo, 0, Tool::Curl, &w.url("video.mp4"), &got).unwrap();
@@ -319,7 +319,7 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
     let killed_at = start.elapsed();
     w.daemons.proc(0).unwrap().signal(Signal::SIGKILL);
     // 32 MiB over one 20 Mbit/s uplink take ~15 s; 120 s means stuck.
-    match transfer::finish(&p, start, &got, Duration::from_secs(120)) {
+    let completed = match transfer::finish(&p, start, &got, Duration::from_secs(120)) {
         Ok(d) => {
             assert_same_bytes(&w.file("video.mp4"), &got).unwrap();
             println!(
@@ -327,6 +327,7 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
                 killed_at.as_secs_f64(),
                 d.elapsed.as_secs_f64()
             );
+            true
         }
         Err(e) => {
             let e = format!("{e:#}");
@@ -345,7 +346,30 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
                 killed_at.as_secs_f64(),
                 (start.elapsed() - killed_at).as_secs_f64()
             );
+            false
         }
+    };
+    // The end was a TCP reset reaching the client (in the name of the
+    // origin), not a timeout.
+    let cl_pcap = cap_cl.stop();
+    let resets = capture::matching(
+        &cl_pcap,
+        "tcp.flags.reset == 1 && ip.dst == 192.0.2.2 && tcp.srcport == 80",
+    )
+    .unwrap();
+    let frames = capture::frame_count(&cl_pcap).unwrap();
+    let tail = capture::matching(
+        &cl_pcap,
+        &format!("frame.number > {}", frames.saturating_sub(6)),
+    )
+    .unwrap();
+    println!(
+        "resets reaching the client: {}; the client's last frames:\n{}",
+        resets.len(),
+        tail.join("\n")
+    );
+    if !completed {
+        assert!(!resets.is_empty(), "the client failed without a reset");
     }
     // Fail-open: a new download through A, no daemon.
     let got2 = w.out("after.mp4");
@@ -364,7 +388,7 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
         d.elapsed.as_secs_f64(),
         d.mbit_per_s()
     );
-    let pcap = cap.stop().unwrap();
+    let pcap = cap.stop();
     capture::check_no_lan_source(&pcap).unwrap();
 }
 
@@ -461,11 +485,11 @@ fn real_rules_without_daemon_fail_open() {
     install_rules(&topo, &tandem_exe(), 0, &conf).unwrap();
     let (www, file) = www_with_file(&topo, "video.mp4", 4 * MIB, 9);
     let _origin = start_origin(&topo, &tandem_origin(), &www).unwrap();
-    let cap = Capture::start(&topo, &topo.router_ns(0), "wan0", "a-wan", None).unwrap();
+    let cap = Cap::start(&topo, &topo.router_ns(0), "wan0", "a-wan", None);
     let got = topo.workdir().join("got.mp4");
     let url = format!("http://{ORIGIN_IP}/video.mp4");
     download(&topo, 0, Tool::Curl, &url, &got, Duration::from_secs(120)).unwrap();
-    let pcap = cap.stop().unwrap();
+    let pcap = cap.stop();
     assert_same_bytes(&file, &got).unwrap();
     capture::check_no_lan_source(&pcap).unwrap();
     check_well_formed(&pcap);
