@@ -315,7 +315,7 @@ fn run_scenario(
     for &m in &sc.sizes_mib {
         transfer::write_random_file(&www.join(format!("f{m}.bin")), m << 20, 0x7a4d + m)?;
     }
-    let origin = start_origin(&topo, &origin_kind(args, exe), &www)?;
+    let mut origin = start_origin(&topo, &origin_kind(args, exe), &www)?;
     let dl_dir = topo.workdir().join("client");
     let mut rows = Vec::new();
     let mut panels: Vec<Panel> = Vec::new();
@@ -324,6 +324,13 @@ fn run_scenario(
         let k = sc.systems.len();
         let order: Vec<System> = (0..k).map(|i| sc.systems[(i + rep) % k]).collect();
         for sys in order {
+            // Something outside the bench may kill the origin (it happened
+            // once during a full run on the shared machine): say so and
+            // start it again rather than measuring refused connections.
+            if let Some(st) = origin.proc().try_wait()? {
+                println!("  ! the origin exited ({st}); starting it again");
+                origin = start_origin(&topo, &origin_kind(args, exe), &www)?;
+            }
             let act = match systems::start(&topo, exe, sys, &sc.down_mbit, 1 << 20) {
                 Ok(a) => a,
                 Err(e) => {
