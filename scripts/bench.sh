@@ -4,7 +4,7 @@
 # table, CSV/JSON and SVG plots. Not part of the test command.
 #
 #   sudo bash scripts/bench.sh                 # full suite (3 repetitions, ~40 min)
-#   sudo bash scripts/bench.sh --quick         # 1 repetition, smaller sizes (a few minutes)
+#   sudo bash scripts/bench.sh --quick         # 1 repetition, smaller sizes (~10 minutes)
 #   sudo bash scripts/bench.sh --only two,cost --reps 5 --out bench-out
 #
 # Arguments are passed to tandem-bench (`tandem-bench --help`). Results go
