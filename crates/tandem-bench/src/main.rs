@@ -538,6 +538,36 @@ mod tests {
     }
 
     #[test]
+    fn summary_csv_has_one_line_per_summary() {
+        let rows = vec![Row {
+            scenario: "two".into(),
+            system: System::TandemDynamic,
+            size_mib: 8,
+            rep: 0,
+            secs: 2.0,
+            ttfb_s: 0.04,
+            ideal_s: 1.75,
+            wan_share: vec![0.5, 0.5],
+            error: None,
+        }];
+        let csv = summary_csv(&report::summarise(&rows));
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[1].starts_with("two,tandem-dynamic,8,1,0,2.0000,1.7500,0.8750"),
+            "{csv}"
+        );
+    }
+
+    #[test]
+    fn failed_rows_carry_the_ideal_and_the_reason() {
+        let sc = &scenario::scenarios(true, true)[0];
+        let r = failed_row(sc, System::Mptcp, 8, 2, "setup failed");
+        assert!(r.secs.is_nan() && r.error.as_deref() == Some("setup failed"));
+        assert!((r.ideal_s - sc.ideal_s(8 << 20)).abs() < 1e-12);
+    }
+
+    #[test]
     fn cli_parses_groups() {
         let a = Args::try_parse_from(["tandem-bench", "--quick", "--only", "two,cost"]).unwrap();
         assert!(a.quick);
