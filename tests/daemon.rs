@@ -392,6 +392,55 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
     capture::check_no_lan_source(&pcap).unwrap();
 }
 
+/// A's daemon stopped the polite way (SIGTERM) mid-download: it resets the
+/// client's flow itself before exiting (docs/ARCHITECTURE.md: nobody could
+/// finish a half-spliced flow), exits cleanly, and what the client received
+/// is a correct prefix. curl, nginx.
+#[test]
+fn daemon_sigterm_resets_the_download_in_progress_and_exits_cleanly() {
+    let _serial = serial();
+    let size = 32 * MIB;
+    let w = World::pair(OriginKind::Nginx, &[("video.mp4", size, 53)]);
+    let got = w.out("video.mp4");
+    let start = Instant::now();
+    let p = transfer::spawn_download(&w.topo, 0, Tool::Curl, &w.url("video.mp4"), &got).unwrap();
+    wait_for_bytes(&p, &got, 12 * MIB);
+    assert_eq!(w.status(0).decision("accelerated"), 1);
+    let daemon = w.daemons.proc(0).unwrap();
+    let stopped_at = start.elapsed();
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("the daemon exits within 10 s of SIGTERM");
+    assert!(status.success(), "daemon exit {status}: {}", daemon.log());
+    match transfer::finish(&p, start, &got, Duration::from_secs(120)) {
+        Ok(d) => {
+            assert_same_bytes(&w.file("video.mp4"), &got).unwrap();
+            println!(
+                "SIGTERM at {:.2} s; the download completed, identical, at {:.2} s",
+                stopped_at.as_secs_f64(),
+                d.elapsed.as_secs_f64()
+            );
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(!e.contains("did not finish"), "the client hangs: {e}");
+            let len = std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0);
+            assert_eq!(
+                transfer::first_difference(&w.file("video.mp4"), &got).unwrap(),
+                Some(len),
+                "the bytes before the failure are not the file's"
+            );
+            println!(
+                "SIGTERM at {:.2} s; daemon exited ({status}); client failed {:.2} s after the signal with {len} bytes (a correct prefix): {e}",
+                stopped_at.as_secs_f64(),
+                (start.elapsed() - stopped_at).as_secs_f64()
+            );
+        }
+    }
+}
+
 /// Issue item: 20 concurrent large downloads through A (curl, tandem's
 /// origin). All identical; `max_downloads` (8) are accelerated and the other
 /// 12 pass through as `busy` (decision counters); A's daemon's peak RSS
