@@ -392,6 +392,57 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
     capture::check_no_lan_source(&pcap).unwrap();
 }
 
+/// How long an orphaned client waits for its reset when A's daemon dies
+/// long after the cut. Nothing on A acts for a dead daemon: the reset comes
+/// from the WAN guard when the next client packet is INVALID, and the client
+/// sends one only in answer to something — the stopped origin's next
+/// zero-window probe (exponential backoff, at most TCP_RTO_MAX = 120 s
+/// apart) or the client's own keepalive (curl: 60 s idle). Uplinks at
+/// 5 Mbit/s so the kill comes ~15 s after the cut; the latency is printed
+/// (measured 2026-11-21: 2.3 s after a kill 16 s in) and must stay below
+/// 130 s (the slowest possible probe plus a margin).
+#[test]
+fn daemon_killed_long_after_the_cut_still_ends_visibly() {
+    let _serial = serial();
+    let size = 24 * MIB;
+    let w = World::pair(tandem_origin(), &[("video.mp4", size, 54)]);
+    for r in 0..2 {
+        w.topo.shape_uplink(r, Way::Down, Rate::mbit(5)).unwrap();
+    }
+    let got = w.out("video.mp4");
+    let start = Instant::now();
+    let p = transfer::spawn_download(&w.topo, 0, Tool::Curl, &w.url("video.mp4"), &got).unwrap();
+    wait_for_bytes(&p, &got, 18 * MIB);
+    assert_eq!(w.status(0).decision("accelerated"), 1);
+    let killed_at = start.elapsed();
+    w.daemons.proc(0).unwrap().signal(Signal::SIGKILL);
+    match transfer::finish(&p, start, &got, killed_at + Duration::from_secs(130)) {
+        Ok(d) => {
+            assert_same_bytes(&w.file("video.mp4"), &got).unwrap();
+            println!(
+                "killed at {:.2} s; completed, identical, at {:.2} s",
+                killed_at.as_secs_f64(),
+                d.elapsed.as_secs_f64()
+            );
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(!e.contains("did not finish"), "the client hangs: {e}");
+            let len = std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0);
+            assert_eq!(
+                transfer::first_difference(&w.file("video.mp4"), &got).unwrap(),
+                Some(len),
+                "the bytes before the failure are not the file's"
+            );
+            println!(
+                "killed at {:.2} s (5 Mbit/s uplinks); the client's reset came {:.2} s later, {len} bytes (a correct prefix): {e}",
+                killed_at.as_secs_f64(),
+                (start.elapsed() - killed_at).as_secs_f64()
+            );
+        }
+    }
+}
+
 /// A's daemon stopped the polite way (SIGTERM) mid-download: it resets the
 /// client's flow itself before exiting (docs/ARCHITECTURE.md: nobody could
 /// finish a half-spliced flow), exits cleanly, and what the client received
