@@ -189,6 +189,8 @@ fn mesh_link_cut_mid_download_is_still_identical() {
     let _serial = serial();
     let size = 24 * MIB;
     let w = World::pair(tandem_origin(), &[("video.mp4", size, 46)]);
+    // Evidence only (copied if the test fails).
+    let _cap = Cap::start(&w.topo, &w.topo.client_ns(0), "eth0", "client", Some("tcp"));
     let mut meter = w.wan_meter();
     let got = w.out("video.mp4");
     let start = Instant::now();

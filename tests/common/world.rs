@@ -126,6 +126,52 @@ impl World {
     }
 }
 
+/// Where a failed test's logs and captures are copied: the lab keeps the
+/// work dir of a panicked test, but the next topology anyone builds removes
+/// work dirs whose process is gone, so the evidence would not survive.
+pub const FAILURE_DIR: &str = "/tmp/tandem-itest-failures";
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let src = self.topo.workdir().to_path_buf();
+        let dst = Path::new(FAILURE_DIR).join(self.topo.run_id());
+        if copy_evidence(&src, &dst).is_ok() {
+            eprintln!(
+                "daemon test failed: logs and captures copied to {}",
+                dst.display()
+            );
+        }
+    }
+}
+
+/// Copies `logs/`, `daemons/` (configs, rules; not keys) and `*.pcap` of a
+/// work dir.
+fn copy_evidence(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for sub in ["logs", "daemons"] {
+        let Ok(entries) = std::fs::read_dir(src.join(sub)) else {
+            continue;
+        };
+        std::fs::create_dir_all(dst.join(sub))?;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().starts_with("key-") || !e.path().is_file() {
+                continue;
+            }
+            std::fs::copy(e.path(), dst.join(sub).join(&name))?;
+        }
+    }
+    for e in std::fs::read_dir(src)?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "pcap") {
+            std::fs::copy(e.path(), dst.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 /// VmHWM of process `pid` in bytes.
 pub fn vm_hwm(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
