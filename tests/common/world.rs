@@ -144,6 +144,29 @@ impl Drop for World {
                 dst.display()
             );
         }
+        // The state of each router's firewall and queue at the failure:
+        // rule counters (did the WAN guard reject client packets?) and the
+        // kernel's queue counters (queue_dropped / user_dropped: did packets
+        // bypass a full queue?).
+        for i in 0..self.topo.spec().routers {
+            let ns = self.topo.router_ns(i);
+            let rules = self
+                .topo
+                .exec(&ns, &["iptables-save", "-c"])
+                .unwrap_or_default();
+            let queue = self
+                .topo
+                .exec(&ns, &["cat", "/proc/net/netfilter/nfnetlink_queue"])
+                .unwrap_or_default();
+            let guard: Vec<&str> = rules.lines().filter(|l| l.contains("REJECT")).collect();
+            eprintln!(
+                "router {i}: nfnetlink_queue (queue portid total copy_mode copy_range queue_dropped user_dropped id_seq 1):\n{queue}guard: {guard:?}"
+            );
+            let _ = std::fs::write(
+                dst.join(format!("firewall-{i}.txt")),
+                format!("{rules}\n# /proc/net/netfilter/nfnetlink_queue\n{queue}"),
+            );
+        }
     }
 }
 
