@@ -477,7 +477,8 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
     // left half-spliced (without the daemon nobody could finish them).
     shared.stopping.store(true, Ordering::Relaxed);
     let flows: Vec<FlowId> = lock(&shared.downloads).keys().copied().collect();
-    if !flows.is_empty() {
+    let resetting = !flows.is_empty();
+    if resetting {
         warn!(
             count = flows.len(),
             "stopping: resetting downloads in progress"
@@ -492,11 +493,24 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         }
         shared.drain(&mut engine, now, &mut buf);
     }
+    if resetting {
+        // The first RST carries the client's newest ACK the engine saw; with
+        // injected data in flight the client's next expected byte is past
+        // it, so the client drops that RST (RFC 5961). The engine answers
+        // the client's following ACKs with exact RSTs and repeats on its
+        // timer: keep the queue thread and the timer running for that.
+        tokio::time::sleep(SHUTDOWN_LINGER).await;
+    }
     node.shutdown();
     let _ = std::fs::remove_file(&shared.cfg.status.socket);
     info!("tandem stopped");
     Ok(())
 }
+
+/// How long the daemon keeps serving the queue after resetting the
+/// downloads in progress on shutdown (the engine's RST repeats use
+/// `min_rto`, 200 ms by default).
+const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 
 /// How often the neighbours' budget follows this router's own traffic.
 const BUDGET_INTERVAL: Duration = Duration::from_millis(500);
