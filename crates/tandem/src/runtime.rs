@@ -63,7 +63,8 @@ struct Shared {
     cfg: Config,
     marks: Marks,
     eligibility: EligibilityConfig,
-    engine: Mutex<Engine>,
+    /// The engine and the buffer its transmits are written into.
+    engine: Mutex<EngineState>,
     injector: Injector,
     lan_ifindex: Vec<u32>,
     /// Recomputes the engine's timer.
@@ -77,6 +78,11 @@ struct Shared {
     active: AtomicU32,
     stopping: AtomicBool,
     started: Instant,
+}
+
+struct EngineState {
+    engine: Engine,
+    tx: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -279,21 +285,31 @@ impl Shared {
         self.marks.own
     }
 
+    /// One input to the engine: takes the clock, runs `f` under the engine's
+    /// lock, sends what the engine emitted and handles its events, and wakes
+    /// the timer task (the next deadline may have moved). Returns `f`'s
+    /// result and the connection label an event decided, if any.
+    fn step<R>(&self, f: impl FnOnce(&mut Engine, Instant) -> R) -> (R, Option<u32>) {
+        let now = Instant::now();
+        let (r, label) = {
+            let mut st = lock(&self.engine);
+            let st = &mut *st;
+            let r = f(&mut st.engine, now);
+            let label = self.drain(&mut st.engine, now, &mut st.tx);
+            (r, label)
+        };
+        self.wake.notify_one();
+        (r, label)
+    }
+
     /// The queue thread's per-packet work.
-    fn on_packet(&self, pkt: &mut [u8], meta: PacketMeta, buf: &mut Vec<u8>) -> QueueVerdict {
+    fn on_packet(&self, pkt: &mut [u8], meta: PacketMeta) -> QueueVerdict {
         let dir = if self.lan_ifindex.contains(&meta.indev) {
             Direction::FromClient
         } else {
             Direction::FromOrigin
         };
-        let now = Instant::now();
-        let (verdict, label) = {
-            let mut engine = lock(&self.engine);
-            let v = engine.handle_packet(now, dir, pkt);
-            let label = self.drain(&mut engine, now, buf);
-            (v, label)
-        };
-        self.wake.notify_one();
+        let (verdict, label) = self.step(|engine, now| engine.handle_packet(now, dir, pkt));
         match (verdict, label) {
             (tandem_splice::Verdict::Accept, Some(state)) => QueueVerdict::RepeatWithMark(
                 meta.mark & !self.marks.mask | self.marks.decided | state,
@@ -366,7 +382,10 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         },
         marks,
         cfg,
-        engine: Mutex::new(engine),
+        engine: Mutex::new(EngineState {
+            engine,
+            tx: Vec::with_capacity(2048),
+        }),
         injector,
         lan_ifindex,
         wake: Notify::new(),
@@ -385,9 +404,7 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("nfqueue".into())
             .spawn(move || {
-                let mut buf = Vec::with_capacity(2048);
-                let res =
-                    platform::run_queue(queue, |pkt, meta| shared.on_packet(pkt, meta, &mut buf));
+                let res = platform::run_queue(queue, |pkt, meta| shared.on_packet(pkt, meta));
                 if let Err(e) = res {
                     tracing::error!(error = %e, "NFQUEUE loop ended; traffic bypasses the daemon");
                 }
@@ -398,9 +415,8 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
     {
         let shared = shared.clone();
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(2048);
             loop {
-                let deadline = lock(&shared.engine).poll_timeout();
+                let deadline = lock(&shared.engine).engine.poll_timeout();
                 let sleep = async {
                     match deadline {
                         Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -409,10 +425,7 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
                 };
                 tokio::select! {
                     _ = sleep => {
-                        let now = Instant::now();
-                        let mut engine = lock(&shared.engine);
-                        engine.handle_timeout(now);
-                        shared.drain(&mut engine, now, &mut buf);
+                        shared.step(|engine, now| engine.handle_timeout(now));
                     }
                     _ = shared.wake.notified() => {}
                 }
@@ -484,15 +497,11 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
             "stopping: resetting downloads in progress"
         );
     }
-    {
-        let now = Instant::now();
-        let mut buf = Vec::with_capacity(2048);
-        let mut engine = lock(&shared.engine);
+    shared.step(|engine, now| {
         for flow in flows {
             engine.fail(now, flow);
         }
-        shared.drain(&mut engine, now, &mut buf);
-    }
+    });
     if resetting {
         // The first RST carries the client's newest ACK the engine saw; with
         // injected data in flight the client's next expected byte is past
@@ -567,11 +576,7 @@ async fn download(
     let result = run_download(&shared, &node, &a, &mut end).await;
     if let Err(e) = &result {
         warn!(?flow, client = %a.client, error = %e, "download failed; resetting the client");
-        let now = Instant::now();
-        let mut buf = Vec::with_capacity(2048);
-        let mut engine = lock(&shared.engine);
-        engine.fail(now, flow);
-        shared.drain(&mut engine, now, &mut buf);
+        shared.step(|engine, now| engine.fail(now, flow));
     }
     // Wait until the engine is done with the flow (FIN acknowledged or reset).
     let _ = end.wait_for(|s| *s == FlowStage::Ended).await;
@@ -618,7 +623,6 @@ async fn run_download(
     {
         return Ok(());
     }
-    let mut buf = Vec::with_capacity(2048);
     let started = Instant::now();
     loop {
         let chunk = tokio::select! {
@@ -646,15 +650,10 @@ async fn run_download(
         let mut offset = chunk.offset;
         let mut data = &chunk.bytes[..];
         while !data.is_empty() {
-            let (res, delivered) = {
-                let now = Instant::now();
-                let mut engine = lock(&shared.engine);
+            let ((res, delivered), _) = shared.step(|engine, now| {
                 let res = engine.push_piece(now, flow, offset, data);
-                shared.drain(&mut engine, now, &mut buf);
-                let delivered = engine.flow_info(flow).and_then(|i| i.delivered);
-                (res, delivered)
-            };
-            shared.wake.notify_one();
+                (res, engine.flow_info(flow).and_then(|i| i.delivered))
+            });
             if let Some(d) = delivered {
                 session.delivered(d);
                 let stats = session.stats();
@@ -675,13 +674,13 @@ async fn run_download(
                     // Store what fits, then wait for the client to ack more.
                     if limit > offset {
                         let fit = ((limit - offset) as usize).min(data.len());
-                        let now = Instant::now();
-                        let mut engine = lock(&shared.engine);
-                        if engine.push_piece(now, flow, offset, &data[..fit]).is_ok() {
+                        let (stored, _) = shared.step(|engine, now| {
+                            engine.push_piece(now, flow, offset, &data[..fit]).is_ok()
+                        });
+                        if stored {
                             offset += fit as u64;
                             data = &data[fit..];
                         }
-                        shared.drain(&mut engine, now, &mut buf);
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(5)) => {}
@@ -770,7 +769,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
     let learnt = lock(&shared.peers).clone();
     let counters = lock(&shared.counters);
     let mut packets = counters.packets.clone();
-    let stats = lock(&shared.engine).stats();
+    let stats = lock(&shared.engine).engine.stats();
     for (k, v) in [
         ("queued", stats.packets),
         ("unparsed", stats.unparsed),
