@@ -21,6 +21,11 @@ use crate::daemon::{DaemonOptions, Daemons};
 use crate::netns::{self, IfCounters};
 use crate::origin::{OriginKind, start_origin};
 use crate::plot::{self, Panel, Series};
+
+/// How often the uplinks' counters are sampled for the plot and progress.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
+/// How often the client is checked for its exit: its time is taken then.
+const EXIT_POLL: Duration = Duration::from_millis(2);
 use crate::topology::{
     ORIGIN_IP, Rate, Topology, TopologySpec, client_ip, router_letter, router_wan_ip,
 };
@@ -407,9 +412,19 @@ fn measure(
     let mut prev_t = 0.0;
     let mut samples = vec![(0.0, vec![0.0; n])];
     let mut last_print = Instant::now();
+    let mut end = None;
     loop {
-        let done = proc.try_wait()?.is_some();
-        std::thread::sleep(Duration::from_millis(if done { 0 } else { 200 }));
+        // Sample every 200 ms, but notice the client's exit within 2 ms: the
+        // download's time is taken at its exit, not at the next sample.
+        let tick = Instant::now();
+        while end.is_none() && tick.elapsed() < SAMPLE_INTERVAL {
+            if proc.try_wait()?.is_some() {
+                end = Some(start.elapsed());
+            } else {
+                std::thread::sleep(EXIT_POLL);
+            }
+        }
+        let done = end.is_some();
         let t = start.elapsed().as_secs_f64();
         let now: Vec<u64> = wan
             .iter_mut()
@@ -449,7 +464,7 @@ fn measure(
             bail!("download did not finish within {timeout:?}");
         }
     }
-    let elapsed = start.elapsed();
+    let elapsed = end.unwrap_or_else(|| start.elapsed());
     let status = proc.try_wait()?;
     // A failed client is a result to report (with the logs kept), not a
     // reason to abort the lab.
