@@ -17,14 +17,16 @@
 //! decisions turned into firewall labels (verdict REPEAT + mark, see
 //! `rules.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tandem_delegate::{Download, NeighbourConfig, Node, NodeConfig, Session, SessionConfig};
+use tandem_delegate::{
+    Chunk, Download, NeighbourConfig, Node, NodeConfig, Session, SessionConfig, SessionError,
+};
 use tandem_http::{Decision, EligibilityConfig, RequestHead};
 use tandem_peer::{KeyPair, PublicKey};
 use tandem_splice::{Destination, Direction, Engine, EngineConfig, Event, FlowId, SpliceError};
@@ -616,24 +618,45 @@ async fn run_download(
     // No injected byte may reach the client before it has acknowledged
     // everything before the cut: its ACKs would then SACK bytes the origin
     // never sent, conntrack would call them INVALID, and the origin would
-    // never see the ACKs it needs to finish the bytes before the cut. Pieces
-    // wait in the session meanwhile (its window bounds them).
-    if end.wait_for(|s| *s >= FlowStage::CutDone).await.is_err()
-        || *end.borrow() == FlowStage::Ended
-    {
-        return Ok(());
+    // never see the ACKs it needs to finish the bytes before the cut. The
+    // session keeps running meanwhile and its chunks wait here: if they
+    // waited in the session's channel instead (64 chunks), the sources
+    // would stall on back-pressure until the cut (measured in the lab: both
+    // uplinks dipped by a third around 0.6-0.8 s). The planner never asks
+    // for more than `planner.window` beyond the cut, which bounds this.
+    let mut early: VecDeque<Chunk> = VecDeque::new();
+    let mut early_end: Option<Result<(), SessionError>> = None;
+    loop {
+        tokio::select! {
+            stage = end.wait_for(|s| *s >= FlowStage::CutDone) => match stage.map(|s| *s) {
+                Ok(FlowStage::CutDone) => break,
+                _ => return Ok(()),
+            },
+            c = session.next(), if early_end.is_none() => match c {
+                Ok(Some(c)) => early.push_back(c),
+                Ok(None) => early_end = Some(Ok(())),
+                Err(e) => early_end = Some(Err(e)),
+            },
+        }
     }
     let started = Instant::now();
     loop {
-        let chunk = tokio::select! {
-            c = session.next() => match c {
-                Ok(c) => c,
-                Err(e) => {
-                    record_peers(shared, &session.stats(), started.elapsed());
-                    anyhow::bail!("session: {e}");
-                }
-            },
-            _ = end.wait_for(|s| *s == FlowStage::Ended) => return Ok(()),
+        let next = if let Some(c) = early.pop_front() {
+            Ok(Some(c))
+        } else if let Some(e) = early_end.take() {
+            e.map(|()| None)
+        } else {
+            tokio::select! {
+                c = session.next() => c,
+                _ = end.wait_for(|s| *s == FlowStage::Ended) => return Ok(()),
+            }
+        };
+        let chunk = match next {
+            Ok(c) => c,
+            Err(e) => {
+                record_peers(shared, &session.stats(), started.elapsed());
+                anyhow::bail!("session: {e}");
+            }
         };
         let Some(chunk) = chunk else {
             debug!(?flow, "every piece delivered to the engine");
