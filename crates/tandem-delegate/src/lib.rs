@@ -39,6 +39,7 @@ mod limit;
 mod node;
 mod relay;
 mod session;
+mod stagger;
 mod worker;
 
 pub use node::{NeighbourConfig, Node, NodeConfig, NodeStats, ServeConfig};

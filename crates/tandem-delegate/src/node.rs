@@ -170,6 +170,7 @@ impl Node {
         let limits = WorkerLimits {
             rate: RateLimiter::new(rate_bytes, 64 * 1024).map(Arc::new),
             pieces: Some(Arc::new(Semaphore::new(serve.max_concurrent_pieces.max(1)))),
+            start_at: None,
         };
         let (shutdown, _) = watch::channel(false);
         Self {

@@ -79,6 +79,13 @@ pub struct SessionConfig {
     pub hop_budget: u8,
     /// Chunks buffered between the session task and the caller.
     pub channel_capacity: usize,
+    /// A's own fetcher sends its first request this long after the session
+    /// opens (its pieces are assigned at once and wait). Router A's daemon
+    /// sets it to about the time the original flow needs to reach the cut,
+    /// less a request round trip: before that, A's uplink is busy with the
+    /// original flow, and an early local fetch would only slow it down and
+    /// delay the cut (measured in the namespace lab).
+    pub local_start_delay: Duration,
 }
 
 impl Default for SessionConfig {
@@ -94,6 +101,7 @@ impl Default for SessionConfig {
             delegate_credentials: false,
             hop_budget: 0,
             channel_capacity: 64,
+            local_start_delay: Duration::ZERO,
         }
     }
 }
@@ -454,7 +462,10 @@ impl SessionTask {
             jobs_rx,
             cancelled.clone(),
             out_tx,
-            WorkerLimits::default(),
+            WorkerLimits {
+                start_at: Some(Instant::now() + cfg.local_start_delay),
+                ..WorkerLimits::default()
+            },
         ));
         let spec = SourceSpec::local(bps(cfg.local_rate_bps), cfg.origin_rtt);
         let slot = self.slots.len();

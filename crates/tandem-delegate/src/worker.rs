@@ -1,7 +1,8 @@
 //! The piece fetch worker: fetches the pieces of one session over
 //! [`LANES`] keep-alive connections to the origin (each lane takes the next
-//! queued piece when it is free, so one piece's request round trip overlaps
-//! another piece's body), and streams them as peer messages (`PieceData` chunks of at most
+//! queued piece when it is free and sends its request about one round trip
+//! before the streaming lane's body ends — [`crate::stagger`] — so one
+//! piece's request round trip overlaps another piece's body), and streams them as peer messages (`PieceData` chunks of at most
 //! [`MAX_CHUNK`] bytes, then `PieceEnd` or `PieceError`).
 //!
 //! Used on both sides: a neighbour serving a session streams the messages
@@ -15,9 +16,11 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tandem_fetch::{FetchError, FetchErrorClass, RangeFetcher};
 use tandem_peer::{MAX_CHUNK, Message, PieceErrorKind, PieceId, SessionKey};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::time::Instant;
 
 use crate::limit::RateLimiter;
+use crate::stagger::Stagger;
 
 /// One piece to fetch.
 #[derive(Debug, Clone)]
@@ -54,6 +57,8 @@ pub(crate) struct WorkerLimits {
     pub(crate) rate: Option<Arc<RateLimiter>>,
     /// One permit per piece being fetched.
     pub(crate) pieces: Option<Arc<Semaphore>>,
+    /// No request goes out before this instant (pieces queue meanwhile).
+    pub(crate) start_at: Option<Instant>,
 }
 
 /// What an origin failure means for the piece.
@@ -97,13 +102,29 @@ pub(crate) async fn run_worker(
     out: mpsc::Sender<Message>,
     limits: WorkerLimits,
 ) {
+    if let Some(t) = limits.start_at {
+        tokio::time::sleep_until(t).await;
+    }
     let jobs = tokio::sync::Mutex::new(jobs);
     let mut fetchers: Vec<RangeFetcher> =
         (1..LANES).map(|_| fetcher.another_connection()).collect();
     fetchers.push(fetcher);
+    let gate = Gate {
+        stagger: Mutex::new(Stagger::new(LANES)),
+        changed: Notify::new(),
+    };
+    let ctx = LaneCtx {
+        session,
+        jobs: &jobs,
+        cancelled: &cancelled,
+        out: &out,
+        limits: &limits,
+        gate: &gate,
+    };
     let lanes = fetchers
         .into_iter()
-        .map(|f| run_lane(session, f, &jobs, &cancelled, &out, &limits));
+        .enumerate()
+        .map(|(i, f)| run_lane(i, f, ctx));
     futures_join_all(lanes).await;
 }
 
@@ -121,15 +142,71 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(lanes: impl Itera
     .await;
 }
 
-/// One connection's loop: takes the next job when free.
-async fn run_lane(
+/// The lanes' shared schedule (see [`crate::stagger`]).
+struct Gate {
+    stagger: Mutex<Stagger>,
+    /// Signalled when a lane goes idle or starts streaming.
+    changed: Notify,
+}
+
+impl Gate {
+    fn with<R>(&self, f: impl FnOnce(&mut Stagger) -> R) -> R {
+        f(&mut self.stagger.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Waits until lane `lane` may send its request, then marks it sent.
+    async fn take_turn(&self, lane: usize) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = Instant::now();
+            let wait = self.with(|s| {
+                if s.may_start(lane, now) {
+                    s.requested(lane, now);
+                    None
+                } else {
+                    Some(s.wait_hint(lane, now))
+                }
+            });
+            let Some(wait) = wait else {
+                return;
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut changed => {}
+            }
+        }
+    }
+
+    fn idle(&self, lane: usize) {
+        self.with(|s| s.idle(lane));
+        self.changed.notify_waiters();
+    }
+}
+
+/// What every lane of a worker shares.
+#[derive(Clone, Copy)]
+struct LaneCtx<'a> {
     session: SessionKey,
-    mut fetcher: RangeFetcher,
-    jobs: &tokio::sync::Mutex<mpsc::UnboundedReceiver<PieceJob>>,
-    cancelled: &CancelSet,
-    out: &mpsc::Sender<Message>,
-    limits: &WorkerLimits,
-) {
+    jobs: &'a tokio::sync::Mutex<mpsc::UnboundedReceiver<PieceJob>>,
+    cancelled: &'a CancelSet,
+    out: &'a mpsc::Sender<Message>,
+    limits: &'a WorkerLimits,
+    gate: &'a Gate,
+}
+
+/// One connection's loop: takes the next job when free, and sends its
+/// request when the schedule says (see [`crate::stagger`]).
+async fn run_lane(lane: usize, mut fetcher: RangeFetcher, ctx: LaneCtx<'_>) {
+    let LaneCtx {
+        session,
+        jobs,
+        cancelled,
+        out,
+        limits,
+        gate,
+    } = ctx;
     loop {
         let Some(job) = jobs.lock().await.recv().await else {
             return;
@@ -158,7 +235,9 @@ async fn run_lane(
             },
             None => None,
         };
-        let result = fetch_piece(session, &mut fetcher, &job, cancelled, out, limits).await;
+        gate.take_turn(lane).await;
+        let result = fetch_piece(lane, &mut fetcher, &job, ctx).await;
+        gate.idle(lane);
         let msg = match result {
             Ok(Outcome::Done) => Message::PieceEnd { session, piece },
             Ok(Outcome::Cancelled) => error(PieceErrorKind::Cancelled, String::new()),
@@ -182,15 +261,25 @@ enum Outcome {
 }
 
 async fn fetch_piece(
-    session: SessionKey,
+    lane: usize,
     fetcher: &mut RangeFetcher,
     job: &PieceJob,
-    cancelled: &CancelSet,
-    out: &mpsc::Sender<Message>,
-    limits: &WorkerLimits,
+    ctx: LaneCtx<'_>,
 ) -> Result<Outcome, FetchError> {
+    let LaneCtx {
+        session,
+        cancelled,
+        out,
+        limits,
+        gate,
+        ..
+    } = ctx;
     let mut body = fetcher.fetch(job.range.clone()).await?;
+    let len = job.range.end - job.range.start;
+    gate.with(|s| s.streaming(lane, Instant::now(), len));
+    gate.changed.notify_waiters();
     while let Some((offset, chunk)) = body.next_chunk().await? {
+        gate.with(|s| s.progress(lane, Instant::now(), chunk.len() as u64));
         let mut off = offset;
         for part in chunk.chunks(MAX_CHUNK) {
             if let Some(rate) = &limits.rate {
