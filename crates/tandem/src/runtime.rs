@@ -42,14 +42,14 @@ use crate::status::{DownloadStatus, PeerStatus, Snapshot};
 /// first pieces to arrive.
 const STARTUP: Duration = Duration::from_millis(300);
 
-/// Runs the daemon until SIGTERM/SIGINT.
-pub fn run(cfg: Config) -> anyhow::Result<()> {
-    let key_text = std::fs::read_to_string(&cfg.node.private_key_file).with_context(|| {
 /// A's own fetcher starts this long before the original flow is expected to
 /// reach the cut: a new connection needs a handshake, a request round trip
 /// and slow start before it carries the uplink's rate.
 const LOCAL_LEAD: Duration = Duration::from_millis(100);
 
+/// Runs the daemon until SIGTERM/SIGINT.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let key_text = std::fs::read_to_string(&cfg.node.private_key_file).with_context(|| {
         format!(
             "node.private_key_file: cannot read {}",
             cfg.node.private_key_file.display()
@@ -772,6 +772,7 @@ fn session_config(cfg: &Config) -> SessionConfig {
         .max()
         .unwrap_or((cfg.uplink.rate_mbit * 1e6) as u64);
     s.hop_budget = cfg.planner.max_hops;
+    s.local_start_delay = STARTUP.saturating_sub(LOCAL_LEAD);
     s.delegate_credentials = cfg.eligibility.allow_cookie || cfg.eligibility.allow_authorization;
     s
 }
@@ -809,7 +810,6 @@ fn snapshot(shared: &Shared) -> Snapshot {
         packets.insert(k.to_string(), v);
     }
     Snapshot {
-    s.local_start_delay = STARTUP.saturating_sub(LOCAL_LEAD);
         node: shared.cfg.node.name.clone(),
         uptime_s: shared.started.elapsed().as_secs(),
         peers: shared
