@@ -218,6 +218,8 @@ pub(crate) struct Flow {
     /// When to repeat the RST to the client (it may be lost).
     rst_timer: Option<Instant>,
     linger_until: Option<Instant>,
+    /// Delivered offset of the last [`Event::Progress`].
+    progress_reported: u64,
 }
 
 impl Flow {
@@ -281,6 +283,7 @@ impl Flow {
             rst_origin_sent: 0,
             rst_timer: None,
             linger_until: None,
+            progress_reported: 0,
         }
     }
 
@@ -611,6 +614,7 @@ impl Flow {
         );
         self.sender = Some(Box::new(sender));
         self.cut = cut;
+        self.progress_reported = cut;
         self.ack_to_client = self.client_next;
         self.state = FlowState::Streaming;
         tracing::debug!(flow = self.id.0, cut, body_len, mss, "accelerating");
@@ -759,6 +763,7 @@ impl Flow {
                 }
                 self.track(now, dir, meta, seg);
                 self.feed_sender(now, seg);
+                self.report_progress(cfg, events);
                 if self.maybe_cut_done(events) {
                     return (Verdict::Drop, After::Keep);
                 }
@@ -850,6 +855,25 @@ impl Flow {
         }
     }
 
+    /// Emits [`Event::Progress`] when the client's acknowledged offset moved
+    /// by `cfg.progress_step` (or reached the end of the body).
+    fn report_progress(&mut self, cfg: &EngineConfig, events: &mut VecDeque<Event>) {
+        let (Some(step), Some(sender)) = (cfg.progress_step, self.sender.as_ref()) else {
+            return;
+        };
+        let una = sender.una();
+        let end = self.body_len.unwrap_or(0);
+        let due = una >= self.progress_reported.saturating_add(step.max(1))
+            || (una == end && una > self.progress_reported);
+        if due {
+            self.progress_reported = una;
+            events.push_back(Event::Progress {
+                flow: self.id,
+                delivered: una,
+            });
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn on_owned(
         &mut self,
@@ -916,6 +940,7 @@ impl Flow {
                     _ => {}
                 }
                 self.feed_sender(now, seg);
+                self.report_progress(cfg, events);
                 // The client's FIN at the position the origin acknowledged.
                 if seg.flags.contains(TcpFlags::FIN) {
                     let fin_seq = seg.seq.add(seg.payload_len as u32);

@@ -121,6 +121,18 @@ pub enum Event {
         /// Why.
         reason: FailReason,
     },
+    /// The client's acknowledged body offset advanced by at least
+    /// [`EngineConfig::progress_step`] since the last such event (or reached
+    /// the end of the body). Only emitted when `progress_step` is set. A
+    /// driver that paces its fetching by the client's progress (a window
+    /// past `delivered`) must learn it from here: waiting for the next piece
+    /// to ask [`crate::Engine::flow_info`] deadlocks once the window is full.
+    Progress {
+        /// The flow.
+        flow: FlowId,
+        /// Body bytes the client has acknowledged (a body offset).
+        delivered: u64,
+    },
     /// The engine forgot the flow; its id is no longer valid.
     FlowClosed {
         /// The flow.
@@ -199,6 +211,10 @@ pub struct EngineConfig {
     pub linger: Duration,
     /// Minimum spacing of the zero-window ACKs sent to a stopped origin.
     pub origin_ack_interval: Duration,
+    /// Emit [`Event::Progress`] each time an accelerated flow's
+    /// client-acknowledged offset advanced by at least this many bytes
+    /// (`None`: never; `Some(0)` is treated as 1).
+    pub progress_step: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -214,6 +230,7 @@ impl Default for EngineConfig {
             initial_cwnd_segments: 10,
             linger: Duration::from_secs(10),
             origin_ack_interval: Duration::from_millis(200),
+            progress_step: None,
         }
     }
 }

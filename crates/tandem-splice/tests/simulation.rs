@@ -116,6 +116,59 @@ fn body_64mib_large_scaled_window() {
     });
 }
 
+/// Regression (daemon, unshaped and 100 Mbit/s testbeds, HEAD 266071e): the
+/// daemon's planner keeps its sources within a window past the client's
+/// progress, and the daemon learnt that progress only when the next piece
+/// arrived. Once the window was full no piece came, so no progress was
+/// learnt: the download stalled for good at cut + window. The engine now
+/// reports progress itself (`Event::Progress`); a driver paced by those
+/// events alone (a window much smaller than the body) must finish, with
+/// lossy links too.
+#[test]
+fn paced_by_progress_events_alone_finishes() {
+    for (seed, loss) in [(1, 0.0), (2, 0.01)] {
+        let cfg = SimConfig {
+            seed,
+            loss,
+            body_len: 4 * MIB,
+            cut: 200 * KIB,
+            client_rx: 1024 * 1024,
+            piece: 64 * 1024,
+            delay: Duration::from_millis(1),
+            pace_window: Some(256 * KIB),
+            engine: tandem_splice::EngineConfig {
+                progress_step: Some(32 * KIB),
+                ..tandem_splice::EngineConfig::default()
+            },
+            ..SimConfig::default()
+        };
+        let r = case(cfg.clone());
+        let cut = r.cut.unwrap();
+        assert!(
+            r.progress.windows(2).all(|w| w[0] < w[1]),
+            "progress not increasing: {:?}",
+            r.progress
+        );
+        assert_eq!(r.progress.last(), Some(&cfg.body_len), "last progress");
+        assert!(r.progress.first().is_some_and(|&p| p > cut));
+        // At most one event per step (plus the one at the end).
+        let max_events = (cfg.body_len - cut) / (32 * KIB) + 1;
+        assert!(
+            r.progress.len() as u64 <= max_events,
+            "{} events",
+            r.progress.len()
+        );
+    }
+}
+
+/// Without `progress_step` the engine emits no progress events (drivers
+/// that do not want them pay nothing).
+#[test]
+fn no_progress_events_by_default() {
+    let r = case(SimConfig::default());
+    assert!(r.progress.is_empty());
+}
+
 #[test]
 fn loss_1_percent() {
     for seed in 1..=3 {

@@ -84,6 +84,12 @@ pub struct SimConfig {
     pub withhold: Option<u64>,
     /// Virtual-time limit.
     pub limit: Duration,
+    /// Pace the pieces like the daemon's planner: a piece is pushed only
+    /// once it ends within this many bytes past the client's progress as
+    /// the harness learnt it from `Event::Progress` (needs
+    /// `engine.progress_step`). Without those events the download cannot
+    /// finish.
+    pub pace_window: Option<u64>,
     pub engine: EngineConfig,
 }
 
@@ -106,6 +112,7 @@ impl Default for SimConfig {
             piece_jitter: Duration::from_millis(20),
             withhold: None,
             limit: Duration::from_secs(900),
+            pace_window: None,
             engine: EngineConfig::default(),
         }
     }
@@ -136,6 +143,8 @@ pub struct SimReport {
     pub flow_closed: bool,
     /// End of the body bytes the origin delivered through the engine.
     pub origin_body_end: u64,
+    /// `delivered` of every `Event::Progress`, in order.
+    pub progress: Vec<u64>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -645,6 +654,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                     pieces = list;
                 }
                 Event::CutDone { .. } => report.cut_done = true,
+                Event::Progress { flow: f, delivered } => {
+                    assert_eq!(Some(f), flow, "progress of an unknown flow");
+                    report.progress.push(delivered);
+                }
                 Event::Finished { .. } => report.finished = true,
                 Event::Failed { .. } => report.failed = true,
                 Event::FlowClosed { flow: f } => {
@@ -662,9 +675,19 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                 pool.push((off, (off..off + len).map(body_byte).collect::<Vec<u8>>()));
                 next_piece += 1;
             }
+            // Paced like the planner: only what ends within the window past
+            // the progress the engine reported.
+            let paced_limit = cfg.pace_window.map(|w| {
+                let known = report.progress.last().copied().or(report.cut).unwrap_or(0);
+                known.saturating_add(w)
+            });
             let mut i = 0;
             while i < pool.len() {
                 let (off, ref data) = pool[i];
+                if paced_limit.is_some_and(|l| off + data.len() as u64 > l) {
+                    i += 1;
+                    continue;
+                }
                 match engine.push_piece(now, f, off, data) {
                     Ok(()) => {
                         pool.swap_remove(i);
