@@ -207,6 +207,14 @@ async fn run_lane(lane: usize, mut fetcher: RangeFetcher, ctx: LaneCtx<'_>) {
         limits,
         gate,
     } = ctx;
+    if lane > 0 {
+        // Waiting lanes connect now: their first request then costs one
+        // round trip, inside the lead the schedule gives it. A failure here
+        // is retried by the fetch itself.
+        if let Err(e) = fetcher.preconnect().await {
+            tracing::debug!(%session, lane, error = %e, "preconnect failed");
+        }
+    }
     loop {
         let Some(job) = jobs.lock().await.recv().await else {
             return;

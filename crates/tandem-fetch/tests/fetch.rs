@@ -396,3 +396,25 @@ async fn ipv6_loopback_origin() {
     .await;
     assert!(got == content);
 }
+
+#[tokio::test]
+async fn a_preconnected_connection_serves_the_next_fetch() {
+    let content = data(200_000, 11);
+    let files = OriginFiles::memory();
+    files.insert("/p.bin", content.clone());
+    let addr = start_origin(files).await;
+    let res = learn_resource(addr, "/p.bin").await;
+    let mut f = RangeFetcher::new(res, loopback_config(addr)).unwrap();
+    f.preconnect().await.unwrap();
+    f.preconnect().await.unwrap();
+    assert_eq!(f.stats().connections, 1, "preconnect is idempotent");
+    assert_eq!(f.stats().requests, 0);
+    let mut got = Vec::new();
+    f.fetch_with(1000..150_000, |_, c| got.extend_from_slice(c))
+        .await
+        .unwrap();
+    assert_eq!(got, &content[1000..150_000]);
+    let stats = f.stats();
+    assert_eq!(stats.connections, 1, "the fetch used the open connection");
+    assert_eq!(stats.requests, 1);
+}
