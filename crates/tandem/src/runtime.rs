@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -34,8 +34,15 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Marks, Policy};
-use crate::platform::{self, Injector, PacketMeta, QueueVerdict};
+use crate::platform::{self, InjectBatch, Injector, PacketMeta, QueueVerdict};
 use crate::status::{DownloadStatus, PeerStatus, Snapshot};
+
+/// [`Shared::timer_deadline`] when the engine has no deadline.
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// The timer's longest sleep while downloads are accelerated (see
+/// [`Shared::arm_timer`]); below the engine's `min_rto` (200 ms).
+const TIMER_HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// How long the original flow keeps streaming after the decision, at the
 /// uplink's rate, before the cut: time for the sessions to negotiate and the
@@ -74,12 +81,23 @@ struct Shared {
     engine: Mutex<EngineState>,
     injector: Injector,
     lan_ifindex: Vec<u32>,
-    /// Recomputes the engine's timer.
+    /// Wakes the timer task to recompute the engine's deadline.
     wake: Notify,
+    /// The deadline the timer task sleeps until, in nanoseconds since
+    /// `started` ([`NO_DEADLINE`]: none). Written by the timer task and read
+    /// by [`Shared::step`], both under the engine's lock: a step wakes the
+    /// timer only when the engine's next deadline moved earlier than this,
+    /// not for every packet (a wake-up per packet cost most of the daemon's
+    /// CPU in scheduler work).
+    timer_deadline: AtomicU64,
     /// Decisions and events for the tokio side.
     notices: mpsc::UnboundedSender<Notice>,
     counters: Mutex<Counters>,
     downloads: Mutex<HashMap<FlowId, DownloadStatus>>,
+    /// The client's progress (body offset it acknowledged) per accelerated
+    /// flow, fed by the engine's `Event::Progress` and read by the flow's
+    /// download task, which reports it to the session's planner.
+    progress: Mutex<HashMap<FlowId, watch::Sender<u64>>>,
     /// Per-neighbour state learnt from sessions, by name.
     peers: Mutex<HashMap<String, PeerStatus>>,
     active: AtomicU32,
@@ -90,6 +108,8 @@ struct Shared {
 struct EngineState {
     engine: Engine,
     tx: Vec<u8>,
+    /// The packets one step emitted, sent together.
+    batch: InjectBatch,
 }
 
 #[derive(Default)]
@@ -123,6 +143,8 @@ struct Accelerated {
     client: SocketAddr,
     cut: u64,
     download: Download,
+    /// The client's progress (see [`Shared::progress`]).
+    progress: watch::Receiver<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -138,7 +160,13 @@ impl Shared {
     /// Sends what the engine emitted and handles its events. Returns the
     /// connection label (state bits) for the packet being handled, if an
     /// event decided one.
-    fn drain(&self, engine: &mut Engine, now: Instant, buf: &mut Vec<u8>) -> Option<u32> {
+    fn drain(
+        &self,
+        engine: &mut Engine,
+        now: Instant,
+        buf: &mut Vec<u8>,
+        batch: &mut InjectBatch,
+    ) -> Option<u32> {
         let mut label = None;
         while let Some(ev) = engine.poll_event() {
             match ev {
@@ -179,20 +207,26 @@ impl Shared {
                     self.count(|c| &mut c.packets, "downloads_failed");
                     let _ = self.notices.send(Notice::Ended(flow));
                 }
+                Event::Progress { flow, delivered } => {
+                    if let Some(tx) = lock(&self.progress).get(&flow) {
+                        tx.send_replace(delivered);
+                    }
+                }
                 Event::FlowClosed { flow } => {
                     let _ = self.notices.send(Notice::Ended(flow));
                 }
             }
         }
+        batch.clear();
         while let Some(t) = engine.poll_transmit(now, buf) {
-            let pkt = &buf[..t.len];
-            let res = match t.to {
-                Destination::ToClient => self.injector.send(pkt),
-                Destination::ToOrigin => self.injector.send_tracked(pkt),
-            };
-            if let Err(e) = res {
-                debug!(error = %e, "inject failed");
-                self.count(|c| &mut c.packets, "inject_errors");
+            batch.push(t.to == Destination::ToOrigin, &buf[..t.len]);
+        }
+        if !batch.is_empty() {
+            let errors = self.injector.send_batch(batch);
+            if errors > 0 {
+                debug!(errors, "inject failed");
+                let mut c = lock(&self.counters);
+                *c.packets.entry("inject_errors".to_string()).or_default() += errors as u64;
             }
         }
         label
@@ -277,10 +311,13 @@ impl Shared {
                 ..Default::default()
             },
         );
+        let (progress_tx, progress) = watch::channel(cut);
+        lock(&self.progress).insert(flow, progress_tx);
         let _ = self.notices.send(Notice::Accelerated(Box::new(Accelerated {
             flow,
             client,
             cut,
+            progress,
             download: Download {
                 origin,
                 request,
@@ -294,19 +331,55 @@ impl Shared {
 
     /// One input to the engine: takes the clock, runs `f` under the engine's
     /// lock, sends what the engine emitted and handles its events, and wakes
-    /// the timer task (the next deadline may have moved). Returns `f`'s
-    /// result and the connection label an event decided, if any.
+    /// the timer task if the engine's next deadline is now earlier than the
+    /// one it sleeps for. Returns `f`'s result and the connection label an
+    /// event decided, if any.
     fn step<R>(&self, f: impl FnOnce(&mut Engine, Instant) -> R) -> (R, Option<u32>) {
         let now = Instant::now();
-        let (r, label) = {
+        let (r, label, wake) = {
             let mut st = lock(&self.engine);
             let st = &mut *st;
             let r = f(&mut st.engine, now);
-            let label = self.drain(&mut st.engine, now, &mut st.tx);
-            (r, label)
+            let label = self.drain(&mut st.engine, now, &mut st.tx, &mut st.batch);
+            let next = self.deadline_nanos(st.engine.poll_timeout());
+            (r, label, next < self.timer_deadline.load(Ordering::Acquire))
         };
-        self.wake.notify_one();
+        if wake {
+            self.wake.notify_one();
+        }
         (r, label)
+    }
+
+    /// An engine deadline as nanoseconds since `started` (saturating; a
+    /// deadline before `started` is 0, none is [`NO_DEADLINE`]).
+    fn deadline_nanos(&self, d: Option<Instant>) -> u64 {
+        d.map_or(NO_DEADLINE, |d| {
+            u64::try_from(d.saturating_duration_since(self.started).as_nanos())
+                .unwrap_or(NO_DEADLINE - 1)
+                .min(NO_DEADLINE - 1)
+        })
+    }
+
+    /// The timer task's side: reads the engine's next deadline and publishes
+    /// it as the one it will sleep for, under the engine's lock (so that a
+    /// concurrent [`Shared::step`] either sees the published value or runs
+    /// before it is read).
+    ///
+    /// While downloads are accelerated the timer also wakes every
+    /// [`TIMER_HEARTBEAT`]: shorter than any engine timer (`min_rto`), so a
+    /// retransmission timer armed when the flight goes from empty to
+    /// non-empty (after every burst, on a fast LAN) is never earlier than
+    /// the published deadline and needs no wake-up of its own.
+    fn arm_timer(&self) -> Option<Instant> {
+        let st = lock(&self.engine);
+        let mut d = st.engine.poll_timeout();
+        if self.active.load(Ordering::Relaxed) > 0 {
+            let beat = Instant::now() + TIMER_HEARTBEAT;
+            d = Some(d.map_or(beat, |d| d.min(beat)));
+        }
+        self.timer_deadline
+            .store(self.deadline_nanos(d), Ordering::Release);
+        d
     }
 
     /// The queue thread's per-packet work.
@@ -377,6 +450,7 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         max_flows: cfg.splice.max_flows,
         idle_timeout: Duration::from_secs(cfg.splice.idle_timeout_s),
         buffer_window: cfg.planner.window,
+        progress_step: Some(progress_step(cfg.planner.window)),
         ..EngineConfig::default()
     });
     let (notices_tx, mut notices) = mpsc::unbounded_channel();
@@ -392,13 +466,16 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         engine: Mutex::new(EngineState {
             engine,
             tx: Vec::with_capacity(2048),
+            batch: InjectBatch::default(),
         }),
         injector,
         lan_ifindex,
         wake: Notify::new(),
+        timer_deadline: AtomicU64::new(NO_DEADLINE),
         notices: notices_tx,
         counters: Mutex::new(Counters::default()),
         downloads: Mutex::new(HashMap::new()),
+        progress: Mutex::new(HashMap::new()),
         peers: Mutex::new(HashMap::new()),
         active: AtomicU32::new(0),
         stopping: AtomicBool::new(false),
@@ -423,7 +500,7 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         let shared = shared.clone();
         tokio::spawn(async move {
             loop {
-                let deadline = lock(&shared.engine).engine.poll_timeout();
+                let deadline = shared.arm_timer();
                 let sleep = async {
                     match deadline {
                         Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -528,6 +605,19 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
 /// `min_rto`, 200 ms by default).
 const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
 
+/// How far the client's progress moves between two reports to the planner:
+/// 1/64 of its window (so the window never waits long for news of the
+/// client), at least 64 KiB (so a fast client does not cost an event per
+/// ACK).
+fn progress_step(window: u64) -> u64 {
+    (window / 64).max(64 * 1024)
+}
+
+/// How long a download task waits for the client's progress before it
+/// retries a piece the engine's buffer had no room for (progress normally
+/// wakes it first).
+const ROOM_RETRY: Duration = Duration::from_millis(50);
+
 /// How often the neighbours' budget follows this router's own traffic.
 const BUDGET_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -581,6 +671,7 @@ async fn download(
 ) {
     let flow = a.flow;
     let result = run_download(&shared, &node, &a, &mut end).await;
+    lock(&shared.progress).remove(&flow);
     if let Err(e) = &result {
         warn!(?flow, client = %a.client, error = %e, "download failed; resetting the client");
         shared.step(|engine, now| engine.fail(now, flow));
@@ -645,6 +736,26 @@ async fn run_download(
         }
     }
     let started = Instant::now();
+    let mut progress = a.progress.clone();
+    let mut progress_open = true;
+    // The client's progress goes to the planner as the engine reports it,
+    // not only when the next piece arrives: with the planner's window full
+    // no piece comes until it hears of progress (measured on the unshaped
+    // and 100 Mbit/s testbeds: every download stalled at cut + window).
+    let report = |session: &Session, d: u64| {
+        session.delivered(d);
+        let stats = session.stats();
+        if let Some(st) = lock(&shared.downloads).get_mut(&flow) {
+            st.delivered = st.delivered.max(d);
+            st.age_s = started.elapsed().as_secs_f64();
+            st.rate_bps = (st.delivered.saturating_sub(a.cut)) as f64 * 8.0 / st.age_s.max(1e-3);
+            st.bytes_by_source = stats
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.bytes))
+                .collect();
+        }
+    };
     loop {
         let next = if let Some(c) = early.pop_front() {
             Ok(Some(c))
@@ -653,6 +764,13 @@ async fn run_download(
         } else {
             tokio::select! {
                 c = session.next() => c,
+                changed = progress.changed(), if progress_open => {
+                    match changed {
+                        Ok(()) => report(&session, *progress.borrow_and_update()),
+                        Err(_) => progress_open = false,
+                    }
+                    continue;
+                }
                 _ = end.wait_for(|s| *s == FlowStage::Ended) => return Ok(()),
             }
         };
@@ -683,18 +801,7 @@ async fn run_download(
                 (res, engine.flow_info(flow).and_then(|i| i.delivered))
             });
             if let Some(d) = delivered {
-                session.delivered(d);
-                let stats = session.stats();
-                if let Some(st) = lock(&shared.downloads).get_mut(&flow) {
-                    st.delivered = d;
-                    st.age_s = started.elapsed().as_secs_f64();
-                    st.rate_bps = (d.saturating_sub(a.cut)) as f64 * 8.0 / st.age_s.max(1e-3);
-                    st.bytes_by_source = stats
-                        .sources
-                        .iter()
-                        .map(|s| (s.name.clone(), s.bytes))
-                        .collect();
-                }
+                report(&session, d);
             }
             match res {
                 Ok(()) => data = &[],
@@ -710,8 +817,14 @@ async fn run_download(
                             data = &data[fit..];
                         }
                     }
+                    // Room comes with the client's progress.
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                        _ = tokio::time::sleep(ROOM_RETRY) => {}
+                        changed = progress.changed(), if progress_open => {
+                            if changed.is_err() {
+                                progress_open = false;
+                            }
+                        }
                         _ = end.wait_for(|s| *s == FlowStage::Ended) => return Ok(()),
                     }
                 }

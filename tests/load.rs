@@ -1,0 +1,215 @@
+//! netns tests of the daemon under load (root): accelerated downloads where
+//! nothing slows the packets down (no shaping, no WAN delay), so the daemon
+//! itself, its NFQUEUE and its raw-socket injection are the bottleneck.
+//!
+//! ```text
+//! cargo build -p tandem && sudo -E cargo test -p tandem-integration --test load -- --nocapture --test-threads=1
+//! ```
+//!
+//! These reproduce failures the cost benchmark found (docs/benchmarks.md,
+//! "Where tandem falls short"): an unshaped accelerated download stalled
+//! after ~50 MB, and one over 100 Mbit/s uplinks without delay was reset or
+//! stalled. Assertions are about outcomes (every byte identical, the
+//! download accelerated, B's uplink carried a share), never about time; a
+//! stall is caught by the download's generous timeout and reported with the
+//! daemon's status and both ends' socket state.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::world::{MIB, World, serial};
+use common::*;
+use tandem_lab::daemon::DaemonOptions;
+use tandem_lab::topology::ORIGIN_IP;
+
+/// A pair topology (client–A, A–B) without any shaping or WAN delay, or
+/// with both uplinks shaped to `rate` (still without delay).
+fn fast_pair(rate: Option<Rate>) -> TopologySpec {
+    let mut spec = TopologySpec::pair(Vec::new());
+    spec.down = rate;
+    spec.up = rate;
+    spec.mesh_rate = None;
+    spec.delay_ms = 0;
+    spec
+}
+
+/// What the stall looks like from both ends (printed when a download fails).
+fn diagnose(w: &World) -> String {
+    let ss = |ns: String| {
+        w.topo
+            .exec(&ns, &["ss", "-tnio", "state", "all"])
+            .unwrap_or_else(|e| format!("ss failed: {e:#}"))
+    };
+    let status = w
+        .daemons
+        .status_json(0)
+        .unwrap_or_else(|e| format!("status failed: {e:#}"));
+    format!(
+        "A's status:\n{status}\nclient sockets:\n{}\nA's sockets:\n{}\nA's log (tail):\n{}",
+        ss(w.topo.client_ns(0)),
+        ss(w.topo.router_ns(0)),
+        tail(&w.daemons.proc(0).map(|p| p.log()).unwrap_or_default(), 40),
+    )
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Downloads `name` (`size` bytes) through A with curl; on success checks
+/// the bytes and that the download was accelerated with B's help.
+fn accelerated_download(w: &World, name: &str, size: u64) {
+    let mut meter = w.wan_meter();
+    let got = w.out(name);
+    let url = format!("http://{ORIGIN_IP}/{name}");
+    let start = Instant::now();
+    let p = transfer::spawn_download(&w.topo, 0, Tool::Curl, &url, &got).unwrap();
+    // A download that makes no progress for 30 s has stalled: report the
+    // state of both ends before the process is killed.
+    let mut last = (0u64, Instant::now());
+    let res = loop {
+        if p.try_wait().unwrap().is_some() {
+            break transfer::finish(&p, start, &got, Duration::from_secs(3600));
+        }
+        let n = std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0);
+        if n != last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            let d = diagnose(w);
+            p.kill();
+            panic!("download stalled at {n} of {size} bytes for 30 s\n{d}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let d = match res {
+        Ok(d) => d,
+        Err(e) => panic!("download failed: {e:#}\n{}", diagnose(w)),
+    };
+    assert_same_bytes(&w.file(name), &got).unwrap();
+    let s = w.status(0);
+    let wan = meter.read();
+    println!(
+        "{size} bytes identical in {:.2} s ({:.0} Mbit/s); WAN bytes {}; A: decisions {:?}, packets {:?}",
+        d.elapsed.as_secs_f64(),
+        d.mbit_per_s(),
+        meter.describe(size),
+        s.decisions,
+        s.packets
+    );
+    assert_eq!(s.decision("accelerated"), 1, "not accelerated: {}", s.raw);
+    assert!(
+        wan.get(1).copied().unwrap_or(0) > size / 20,
+        "B's uplink carried less than 5 % of the body: {wan:?}"
+    );
+}
+
+fn world(spec: TopologySpec, files: &[(&str, u64, u64)]) -> World {
+    World::new(
+        spec,
+        OriginKind::Nginx,
+        files,
+        &DaemonOptions {
+            neighbour_share: Some(1.0),
+            ..DaemonOptions::default()
+        },
+    )
+}
+
+/// Unshaped, no delay: the client's LAN, A's and B's uplinks and the mesh
+/// all run at veth speed. Measured with binary 8769df1 and HEAD 266071e:
+/// the download stalled every time after ~45-55 MB.
+#[test]
+fn unshaped_accelerated_download_completes_identical() {
+    let _serial = serial();
+    let size = 256 * MIB;
+    let w = world(fast_pair(None), &[("big.bin", size, 21)]);
+    accelerated_download(&w, "big.bin", size);
+}
+
+/// 100 Mbit/s uplinks, no delay. Measured with HEAD 266071e: stalled at
+/// 12 MB (the client acknowledged nothing past the cut).
+#[test]
+fn hundred_mbit_no_delay_accelerated_download_completes_identical() {
+    let _serial = serial();
+    let size = 128 * MIB;
+    let w = world(fast_pair(Some(Rate::mbit(100))), &[("big.bin", size, 24)]);
+    accelerated_download(&w, "big.bin", size);
+}
+
+/// 20 concurrent 64 MiB downloads on the standard testbed (20+20 Mbit/s,
+/// 10 ms): 8 accelerated (`splice.max_downloads`), 12 passed through.
+/// Measured with binary 8769df1: every download stopped for 30 s ("source
+/// stalled" in every session). Ignored by default: it moves 1.25 GiB
+/// through 40 Mbit/s (about 5 minutes); run it with `--ignored`.
+#[test]
+#[ignore = "about 5 minutes; run with --ignored"]
+fn twenty_concurrent_64mib_standard_all_identical() {
+    let _serial = serial();
+    let n = 20u64;
+    let size = 64 * MIB;
+    let files: Vec<(String, u64, u64)> = (0..n)
+        .map(|k| (format!("c{k}.bin"), size, 300 + k))
+        .collect();
+    let refs: Vec<(&str, u64, u64)> = files.iter().map(|(f, s, k)| (f.as_str(), *s, *k)).collect();
+    let w = World::new(
+        TopologySpec::pair(delay_command()),
+        OriginKind::Nginx,
+        &refs,
+        &DaemonOptions {
+            neighbour_share: Some(1.0),
+            ..DaemonOptions::default()
+        },
+    );
+    let mut meter = w.wan_meter();
+    let start = Instant::now();
+    let procs: Vec<_> = files
+        .iter()
+        .map(|(name, _, _)| {
+            let out = w.out(name);
+            let url = format!("http://{ORIGIN_IP}/{name}");
+            (
+                transfer::spawn_download(&w.topo, 0, Tool::Curl, &url, &out).unwrap(),
+                out,
+                name,
+            )
+        })
+        .collect();
+    let mut failures = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for (p, out, name) in &procs {
+        match transfer::finish(p, start, out, Duration::from_secs(1200)) {
+            Ok(d) => {
+                if let Err(e) = assert_same_bytes(&w.file(name), out) {
+                    failures.push(format!("{name}: {e:#}"));
+                }
+                slowest = slowest.max(d.elapsed);
+            }
+            Err(e) => failures.push(format!("{name}: {e:#}")),
+        }
+    }
+    let s = w.status(0);
+    println!(
+        "{n} x {} MiB: {} failed, last done after {:.1} s; WAN bytes {}; A: decisions {:?}, packets {:?}",
+        size / MIB,
+        failures.len(),
+        slowest.as_secs_f64(),
+        meter.describe(n * size),
+        s.decisions,
+        s.packets
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {n} downloads failed:\n{}\n{}",
+        failures.len(),
+        failures.join("\n"),
+        diagnose(&w)
+    );
+    assert!(
+        s.decision("accelerated") >= 1,
+        "none accelerated: {}",
+        s.raw
+    );
+}
