@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::limit::RateLimiter;
 use crate::relay::{RelayCmd, spawn_relay, sub_neighbours};
-use crate::worker::{CancelSet, PieceJob, WorkerLimits, run_worker};
+use crate::worker::{CancelSet, LANES, PieceJob, WorkerLimits, run_worker};
 
 /// A neighbour router.
 #[derive(Debug, Clone)]
@@ -497,6 +497,9 @@ impl Served {
                             Vec::new()
                         };
                         let limits = self.node.inner.limits.clone();
+                        // Every source (own uplink, each sub-delegate)
+                        // fetches over LANES connections.
+                        let parallel = u16::try_from(LANES * (1 + subs.len())).unwrap_or(u16::MAX);
                         let served = if subs.is_empty() {
                             let (jobs, jobs_rx) = mpsc::unbounded_channel();
                             let cancelled = CancelSet::default();
@@ -528,7 +531,11 @@ impl Served {
                         };
                         self.sessions.insert(session, served);
                         tracing::debug!(%session, "committed");
-                        Some(Message::Commit { session, rate_bps })
+                        Some(Message::Commit {
+                            session,
+                            rate_bps,
+                            parallel,
+                        })
                     }
                     Err(reason) => {
                         lock(&self.node.inner.stats).refusals += 1;

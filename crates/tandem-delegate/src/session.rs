@@ -338,7 +338,7 @@ pub(crate) struct Inbound {
 
 /// What a peer task reports.
 pub(crate) enum SourceEvent {
-    Committed { rate_bps: u64 },
+    Committed { rate_bps: u64, parallel: u16 },
     Refused(RefuseReason),
     Msg(Message),
     Gone(String),
@@ -727,7 +727,7 @@ impl SessionTask {
             return Ok(());
         };
         match inbound.ev {
-            SourceEvent::Committed { rate_bps } => {
+            SourceEvent::Committed { rate_bps, parallel } => {
                 if state != SlotState::Pending {
                     return Ok(());
                 }
@@ -742,6 +742,7 @@ impl SessionTask {
                 };
                 let spec = SourceSpec {
                     link_rate: link.filter(|l| l.bytes_per_sec() > 0.0),
+                    depth: (parallel > 0).then_some(usize::from(parallel)),
                     ..SourceSpec::peer(rate, link.unwrap_or(rate), self.origin_rtt * 2)
                 };
                 let now = self.now();
@@ -915,7 +916,9 @@ pub(crate) async fn peer_task(mut t: PeerTask) {
         conn.send(&t.negotiate).await?;
         loop {
             match conn.recv().await? {
-                Message::Commit { rate_bps, .. } => return Ok((conn, Ok(rate_bps))),
+                Message::Commit {
+                    rate_bps, parallel, ..
+                } => return Ok((conn, Ok((rate_bps, parallel)))),
                 Message::Refuse { reason, .. } => return Ok((conn, Err(reason))),
                 _ => continue,
             }
@@ -948,9 +951,9 @@ pub(crate) async fn peer_task(mut t: PeerTask) {
             let _ = conn.shutdown().await;
             return;
         }
-        Ok(rate_bps) => {
+        Ok((rate_bps, parallel)) => {
             if t.inbox
-                .send(report(SourceEvent::Committed { rate_bps }))
+                .send(report(SourceEvent::Committed { rate_bps, parallel }))
                 .await
                 .is_err()
             {

@@ -710,6 +710,7 @@ async fn scripted_neighbour(
                         (Message::Negotiate(n), _) => Some(Message::Commit {
                             session: n.session,
                             rate_bps: 80_000_000,
+                            parallel: 2,
                         }),
                         (Message::PieceCancel { session, piece }, _) => {
                             counter.fetch_add(1, Ordering::SeqCst);

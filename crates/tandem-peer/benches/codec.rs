@@ -102,6 +102,7 @@ fn codec(c: &mut Criterion) {
             &Message::Commit {
                 session: S,
                 rate_bps: 1,
+                parallel: 2,
             },
         )
         .unwrap();
@@ -182,6 +183,7 @@ fn codec(c: &mut Criterion) {
                     conn.send(&Message::Commit {
                         session: S,
                         rate_bps: 1,
+                        parallel: 2,
                     })
                     .await
                     .unwrap();

@@ -19,7 +19,7 @@ use crate::frame::MAX_FRAME_LEN;
 
 /// The protocol version this build speaks. Peers with a different version
 /// refuse each other after the handshake (see docs/protocol.md, versioning).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest plaintext of one message: a frame minus the 16-byte AEAD tag.
 pub const MAX_MESSAGE_LEN: usize = MAX_FRAME_LEN - 16;
@@ -241,6 +241,11 @@ pub enum Message {
         session: SessionKey,
         /// Rate (bits/s) the peer commits to.
         rate_bps: u64,
+        /// Pieces the peer works on at once: its fetch connections, over
+        /// its own uplink and the sub-delegates it relays to (0: unknown,
+        /// the requester's default). The requester keeps up to that many
+        /// outstanding.
+        parallel: u16,
     },
     /// The peer refuses a session (or withdraws from a committed one).
     Refuse {

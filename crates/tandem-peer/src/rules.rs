@@ -531,6 +531,7 @@ mod tests {
         let c = Message::Commit {
             session: S,
             rate_bps: 1,
+            parallel: 2,
         };
         assert_eq!(b.on_send(&c), Ok(Disposition::Pass));
         assert_eq!(a.on_recv(&c), Ok(Disposition::Pass));

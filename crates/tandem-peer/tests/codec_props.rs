@@ -63,8 +63,13 @@ fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         any::<u64>().prop_map(|rate_bps| Message::Advertise { rate_bps }),
         negotiate(),
-        (session(), any::<u64>())
-            .prop_map(|(session, rate_bps)| Message::Commit { session, rate_bps }),
+        (session(), any::<u64>(), any::<u16>()).prop_map(|(session, rate_bps, parallel)| {
+            Message::Commit {
+                session,
+                rate_bps,
+                parallel,
+            }
+        }),
         (session(), 0usize..7).prop_map(|(session, r)| Message::Refuse {
             session,
             reason: [

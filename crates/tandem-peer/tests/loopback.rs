@@ -76,6 +76,7 @@ async fn serve(stream: TcpStream, keys: KeyPair, peers: Arc<PeerSet>, config: Co
             Message::Negotiate(n) => vec![Message::Commit {
                 session: n.session,
                 rate_bps: 1000,
+                parallel: 2,
             }],
             Message::PieceRequest {
                 session,

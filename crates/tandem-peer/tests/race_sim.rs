@@ -210,6 +210,7 @@ impl Server {
                         &Message::Commit {
                             session: k,
                             rate_bps: 1,
+                            parallel: 2,
                         },
                     );
                     *s = SrvSession::Committed(HashMap::new());

@@ -132,8 +132,8 @@ pub mod sim;
 
 pub use advert::{AdvertRule, AdvertTree, NeighbourRate, UnknownSetting, advertise};
 pub use planner::{
-    Assignment, PieceId, PlanError, PlanEvent, PlanStats, Planner, PlannerConfig, Policy, SourceId,
-    SourceKind, SourceSpec,
+    Assignment, MAX_SOURCE_DEPTH, PieceId, PlanError, PlanEvent, PlanStats, Planner, PlannerConfig,
+    Policy, SourceId, SourceKind, SourceSpec,
 };
 pub use ranges::RangeSet;
 pub use rate::{Rate, RateEstimator};

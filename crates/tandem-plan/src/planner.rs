@@ -181,7 +181,16 @@ pub struct SourceSpec {
     /// Time from sending a request to its first byte arriving at this
     /// router (link round trip + the source's round trip to the origin).
     pub rtt: Duration,
+    /// Pieces the source works on at once (a relay fetches on its own
+    /// uplink and its sub-delegates' in parallel); `None`: the config's
+    /// `pipeline_depth`. The planner keeps up to this many outstanding
+    /// (at most [`MAX_SOURCE_DEPTH`]) and sizes them for the rate divided
+    /// over them (`rate × target_piece_time × pipeline_depth / depth`).
+    pub depth: Option<usize>,
 }
+
+/// The most pieces the planner keeps outstanding at one source.
+pub const MAX_SOURCE_DEPTH: usize = 16;
 
 impl SourceSpec {
     /// The original flow, at A's uplink rate.
@@ -191,6 +200,7 @@ impl SourceSpec {
             rate: uplink,
             link_rate: None,
             rtt,
+            depth: None,
         }
     }
 
@@ -201,6 +211,7 @@ impl SourceSpec {
             rate: uplink,
             link_rate: None,
             rtt,
+            depth: None,
         }
     }
 
@@ -211,6 +222,7 @@ impl SourceSpec {
             rate: advertised,
             link_rate: Some(link),
             rtt,
+            depth: None,
         }
     }
 
@@ -671,11 +683,7 @@ impl Planner {
             self.requested_cut(now)?;
         }
         let s = self.sources.get(source.0 as usize)?;
-        let depth = if s.probation {
-            1
-        } else {
-            self.config.pipeline_depth
-        };
+        let depth = if s.probation { 1 } else { self.depth_of(s) };
         if s.state != SourceState::Active
             || s.spec.kind == SourceKind::OriginalFlow
             || s.outstanding.len() >= depth
@@ -1146,6 +1154,14 @@ impl Planner {
         }
     }
 
+    /// Pieces `s` may have outstanding (see [`SourceSpec::depth`]).
+    fn depth_of(&self, s: &Source) -> usize {
+        s.spec
+            .depth
+            .unwrap_or(self.config.pipeline_depth)
+            .clamp(1, MAX_SOURCE_DEPTH)
+    }
+
     /// A source's rate for planning: the estimate, decayed while the source
     /// is busy but silent past `silence_grace`.
     fn effective_rate(&self, s: &Source, now: Duration) -> f64 {
@@ -1293,7 +1309,11 @@ impl Planner {
                 .unwrap_or(self.body.end)
                 .min(hi);
             let rate = self.effective_rate(s, now);
-            let adaptive = (rate * self.config.target_piece_time.as_secs_f64()) as u64;
+            // A source working on more pieces at once than the pipeline
+            // depth (a relay) splits its rate over them.
+            let depth = self.depth_of(s);
+            let split = self.config.pipeline_depth.max(1) as f64 / depth as f64;
+            let adaptive = (rate * split * self.config.target_piece_time.as_secs_f64()) as u64;
             // A source's outstanding requests should not need more than its
             // rate share of the window, or the window fills with the slow
             // ones' pieces and stalls in-order delivery.
@@ -1304,8 +1324,7 @@ impl Planner {
                 .map(|x| self.effective_rate(x, now))
                 .sum();
             let window_share = if total_rate > 0.0 {
-                (self.config.window as f64 * rate / total_rate / self.config.pipeline_depth as f64)
-                    as u64
+                (self.config.window as f64 * rate / total_rate / depth as f64) as u64
             } else {
                 self.config.max_piece
             };

@@ -725,3 +725,52 @@ fn exhaustion_is_reported_again_after_a_new_source_goes() {
     p.source_gone(b, ms(3)).unwrap();
     assert_eq!(events(&mut p), vec![PlanEvent::SourcesExhausted]);
 }
+
+#[test]
+fn a_relay_with_more_depth_gets_more_smaller_pieces() {
+    // B relays to a sub-delegate: it commits 40 Mbit/s over two uplinks and
+    // works on four pieces at once; C is a plain 20 Mbit/s neighbour.
+    let mut p = Planner::new(0..64 * MIB, PlannerConfig::default()).unwrap();
+    let b = p
+        .add_source(
+            SourceSpec {
+                depth: Some(4),
+                ..SourceSpec::peer(mbit(40.0), mbit(54.0), ms(40))
+            },
+            ms(0),
+        )
+        .unwrap();
+    let c = p
+        .add_source(SourceSpec::peer(mbit(20.0), mbit(54.0), ms(40)), ms(0))
+        .unwrap();
+    let at_b = drain(&mut p, b, ms(0));
+    let at_c = drain(&mut p, c, ms(0));
+    assert_eq!(at_b.len(), 4, "B works on four pieces");
+    assert_eq!(at_c.len(), 2, "C on the default pipeline depth");
+    // Each of B's pieces is sized for half of B's rate, like C's.
+    let len = |a: &Assignment| a.range.end - a.range.start;
+    for a in &at_b {
+        let ratio = len(a) as f64 / len(&at_c[0]) as f64;
+        assert!(
+            (0.8..=1.25).contains(&ratio),
+            "{} vs {}",
+            len(a),
+            len(&at_c[0])
+        );
+    }
+    // A depth beyond the cap is capped.
+    let mut p = Planner::new(0..64 * MIB, PlannerConfig::default()).unwrap();
+    let big = p
+        .add_source(
+            SourceSpec {
+                depth: Some(1000),
+                ..SourceSpec::peer(mbit(400.0), mbit(1000.0), ms(40))
+            },
+            ms(0),
+        )
+        .unwrap();
+    assert_eq!(
+        drain(&mut p, big, ms(0)).len(),
+        tandem_plan::MAX_SOURCE_DEPTH
+    );
+}
