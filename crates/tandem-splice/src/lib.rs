@@ -51,7 +51,13 @@
 //!   returns a [`Transmit`] saying which flow it belongs to and whether it
 //!   goes to the client or the origin. Packets to the origin carry the
 //!   client's address and must traverse the NAT like the client's own.
-//! - [`Engine::poll_event`] until `None`.
+//! - [`Engine::poll_event`] until `None`. With
+//!   [`EngineConfig::progress_step`] set, [`Event::Progress`] reports each
+//!   accelerated flow's client-acknowledged offset as it advances: a driver
+//!   that fetches pieces within a window past the client's progress must
+//!   follow these events (the engine's buffer frees room at the same
+//!   moments), not poll [`Engine::flow_info`] when its next piece arrives —
+//!   with the window full, no piece arrives.
 //!
 //! # Keep-alive
 //!
