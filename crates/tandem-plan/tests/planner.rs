@@ -764,7 +764,7 @@ fn a_relay_with_more_depth_gets_more_smaller_pieces() {
         .add_source(
             SourceSpec {
                 depth: Some(1000),
-                ..SourceSpec::peer(mbit(400.0), mbit(1000.0), ms(40))
+                ..SourceSpec::peer(mbit(40.0), mbit(54.0), ms(40))
             },
             ms(0),
         )
