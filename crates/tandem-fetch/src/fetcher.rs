@@ -462,16 +462,7 @@ impl RangeFetcher {
     /// before any response byte: try again on a new one.
     async fn exchange(&mut self, request: &[u8]) -> Result<(ResponseHead, usize, usize), Retry> {
         let reused = self.conn.is_some();
-        if self.conn.is_none() {
-            let stream = self.connect().await.map_err(Retry::Fail)?;
-            self.stats.connections += 1;
-            self.conn = Some(Conn {
-                stream,
-                reusable: true,
-                body_left: 0,
-                requests: 0,
-            });
-        }
+        self.preconnect().await.map_err(Retry::Fail)?;
         let idle = self.config.idle_timeout;
         let Some(conn) = self.conn.as_mut() else {
             return Err(Retry::Fail(FetchError::Io(io::Error::other(
