@@ -213,6 +213,24 @@ fn twenty_concurrent_64mib_standard_all_identical() {
             )
         })
         .collect();
+    // Stall detection: no copy grew for 30 s while some still run.
+    let mut last = (0u64, Instant::now());
+    while procs.iter().any(|(p, _, _)| p.is_running()) {
+        let total: u64 = procs
+            .iter()
+            .map(|(_, out, _)| std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        if total != last.0 {
+            last = (total, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(30) {
+            let d = diagnose(&w);
+            for (p, _, _) in &procs {
+                p.kill();
+            }
+            panic!("stalled: no copy grew for 30 s at {total} bytes in all\n{d}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut failures = Vec::new();
     let mut slowest = Duration::ZERO;
     for (p, out, name) in &procs {
