@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -89,7 +89,9 @@ struct Shared {
     /// timer only when the engine's next deadline moved earlier than this,
     /// not for every packet (a wake-up per packet cost most of the daemon's
     /// CPU in scheduler work).
-    timer_deadline: AtomicU64,
+    /// (A mutex, not an `AtomicU64`: 32-bit MIPS and PowerPC routers have
+    /// no 64-bit atomics; it is only taken under the engine's lock.)
+    timer_deadline: Mutex<u64>,
     /// Decisions and events for the tokio side.
     notices: mpsc::UnboundedSender<Notice>,
     counters: Mutex<Counters>,
@@ -342,7 +344,7 @@ impl Shared {
             let r = f(&mut st.engine, now);
             let label = self.drain(&mut st.engine, now, &mut st.tx, &mut st.batch);
             let next = self.deadline_nanos(st.engine.poll_timeout());
-            (r, label, next < self.timer_deadline.load(Ordering::Acquire))
+            (r, label, next < *lock(&self.timer_deadline))
         };
         if wake {
             self.wake.notify_one();
@@ -377,8 +379,7 @@ impl Shared {
             let beat = Instant::now() + TIMER_HEARTBEAT;
             d = Some(d.map_or(beat, |d| d.min(beat)));
         }
-        self.timer_deadline
-            .store(self.deadline_nanos(d), Ordering::Release);
+        *lock(&self.timer_deadline) = self.deadline_nanos(d);
         d
     }
 
@@ -471,7 +472,7 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         injector,
         lan_ifindex,
         wake: Notify::new(),
-        timer_deadline: AtomicU64::new(NO_DEADLINE),
+        timer_deadline: Mutex::new(NO_DEADLINE),
         notices: notices_tx,
         counters: Mutex::new(Counters::default()),
         downloads: Mutex::new(HashMap::new()),
