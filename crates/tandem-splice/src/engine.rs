@@ -41,6 +41,11 @@ pub struct FlowInfo {
     pub sent: Option<u64>,
     /// Bytes held in the piece buffer.
     pub buffered: u64,
+    /// End of the body bytes the engine holds contiguously from the
+    /// client's acknowledged offset (accelerated flows): when it equals
+    /// `delivered`, the engine has nothing the client can use and waits
+    /// for a piece (pieces held past a hole do not count).
+    pub available: Option<u64>,
 }
 
 /// The splice engine. See the crate documentation for the calling contract.

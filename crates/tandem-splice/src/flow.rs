@@ -1222,6 +1222,7 @@ impl Flow {
             delivered: self.sender.as_ref().map(|s| s.una()),
             sent: self.sender.as_ref().map(|s| s.max_sent()),
             buffered: self.sender.as_ref().map_or(0, |s| s.buffered()),
+            available: self.sender.as_ref().map(|s| s.available()),
         }
     }
 }

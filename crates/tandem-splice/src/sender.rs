@@ -229,6 +229,10 @@ impl Sender {
     pub(crate) fn buffered(&self) -> u64 {
         self.buf.stored()
     }
+    /// End of the bytes held contiguously from `una` (at least `una`).
+    pub(crate) fn available(&self) -> u64 {
+        self.buf.contiguous_end().min(self.body_len).max(self.una)
+    }
     /// Room for more pieces past the contiguous end.
     pub(crate) fn room(&self) -> u64 {
         if self.failed {
@@ -677,6 +681,21 @@ mod tests {
         assert_eq!((c.offset, c.len), (200, 100));
         // acking beyond what was sent is invalid
         assert!(s.on_ack(t0, 301, 1000, &[], true, 0).invalid);
+    }
+
+    #[test]
+    fn available_ignores_pieces_past_a_hole() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 100, 1000, 10_000, false);
+        assert_eq!(s.available(), 100);
+        s.push_piece(300, &[1; 200]).unwrap();
+        assert_eq!(s.available(), 100, "a piece past a hole is not usable");
+        assert!(s.buffered() > 0);
+        s.push_piece(100, &[2; 200]).unwrap();
+        assert_eq!(s.available(), 500);
+        while s.next_segment(t0).is_some() {}
+        s.on_ack(t0, 500, 10_000, &[], true, 0);
+        assert_eq!((s.una(), s.available()), (500, 500));
     }
 
     #[test]

@@ -247,7 +247,7 @@ impl Injector {
         let mut errors = 0;
         let mut i = 0;
         while i < batch.items.len() {
-            let (tracked, _, _) = batch.items[i];
+            let tracked = batch.items[i];
             let sockets = if tracked {
                 &self.tracked
             } else {
@@ -263,7 +263,7 @@ impl Injector {
             let mut j = i + 1;
             while j < batch.items.len()
                 && j - i < MAX_BATCH
-                && batch.items[j].0 == tracked
+                && batch.items[j] == tracked
                 && batch
                     .packet(j)
                     .and_then(|p| p.first())
@@ -284,28 +284,50 @@ impl Injector {
     }
 }
 
-/// Most packets handed to one `sendmmsg(2)`.
-const MAX_BATCH: usize = 64;
+/// Most packets handed to one `sendmmsg(2)`, and the most an
+/// [`InjectBatch`] should hold before it is sent ([`InjectBatch::is_full`]).
+pub const MAX_BATCH: usize = 64;
 
-/// Packets to inject, kept in one buffer (see [`Injector::send_batch`]).
+/// Packets to inject (see [`Injector::send_batch`]): one reusable buffer
+/// per packet, so the engine writes each packet straight into the batch
+/// (no copy) and the memory stays bounded by the largest batch
+/// (`MAX_BATCH` packets when the caller flushes at [`InjectBatch::is_full`]).
 #[derive(Debug, Default)]
 pub struct InjectBatch {
-    buf: Vec<u8>,
-    /// (tracked, offset, length) of each packet in `buf`.
-    items: Vec<(bool, usize, usize)>,
+    bufs: Vec<Vec<u8>>,
+    /// Whether each packet held is origin-bound (tracked).
+    items: Vec<bool>,
 }
 
 impl InjectBatch {
-    /// Appends a packet: `tracked` for origin-bound packets (see
-    /// [`Injector::send_tracked`]).
-    pub fn push(&mut self, tracked: bool, packet: &[u8]) {
-        self.items.push((tracked, self.buf.len(), packet.len()));
-        self.buf.extend_from_slice(packet);
+    /// The buffer for the next packet (cleared). Write a packet into it,
+    /// then [`InjectBatch::commit`] it; a buffer not committed is reused.
+    pub fn next_buf(&mut self) -> &mut Vec<u8> {
+        let i = self.items.len();
+        if self.bufs.len() <= i {
+            self.bufs.push(Vec::with_capacity(2048));
+        }
+        let b = &mut self.bufs[i];
+        b.clear();
+        b
     }
 
-    /// Forgets every packet (keeps the memory).
+    /// Keeps the packet written into [`InjectBatch::next_buf`]: `tracked`
+    /// for origin-bound packets (see [`Injector::send_tracked`]).
+    pub fn commit(&mut self, tracked: bool) {
+        if self.bufs.len() > self.items.len() {
+            self.items.push(tracked);
+        }
+    }
+
+    /// Appends a copy of `packet`.
+    pub fn push(&mut self, tracked: bool, packet: &[u8]) {
+        self.next_buf().extend_from_slice(packet);
+        self.commit(tracked);
+    }
+
+    /// Forgets every packet (keeps the buffers).
     pub fn clear(&mut self) {
-        self.buf.clear();
         self.items.clear();
     }
 
@@ -319,9 +341,17 @@ impl InjectBatch {
         self.items.is_empty()
     }
 
+    /// Holds [`MAX_BATCH`] packets or more: time to send.
+    pub fn is_full(&self) -> bool {
+        self.items.len() >= MAX_BATCH
+    }
+
     fn packet(&self, i: usize) -> Option<&[u8]> {
-        let &(_, off, len) = self.items.get(i)?;
-        self.buf.get(off..off + len)
+        if i < self.items.len() {
+            self.bufs.get(i).map(Vec::as_slice)
+        } else {
+            None
+        }
     }
 }
 
@@ -510,9 +540,21 @@ mod tests {
         assert_eq!(b.packet(1), Some(&[0x60; 5][..]));
         assert_eq!(b.packet(2), Some(&[][..]));
         assert_eq!(b.packet(3), None);
-        assert!(b.items[1].0);
+        assert!(b.items[1]);
         b.clear();
         assert!(b.is_empty() && b.packet(0).is_none());
+        // Written in place; an uncommitted buffer is not a packet.
+        b.next_buf().extend_from_slice(&[0x45; 4]);
+        assert!(b.is_empty());
+        b.commit(false);
+        b.next_buf().extend_from_slice(&[9; 3]);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.packet(0), Some(&[0x45; 4][..]));
+        assert_eq!(b.packet(1), None);
+        for _ in 0..MAX_BATCH {
+            b.push(false, &[0x45]);
+        }
+        assert!(b.is_full());
     }
 
     #[test]

@@ -109,7 +109,6 @@ struct Shared {
 
 struct EngineState {
     engine: Engine,
-    tx: Vec<u8>,
     /// The packets one step emitted, sent together.
     batch: InjectBatch,
 }
@@ -162,13 +161,7 @@ impl Shared {
     /// Sends what the engine emitted and handles its events. Returns the
     /// connection label (state bits) for the packet being handled, if an
     /// event decided one.
-    fn drain(
-        &self,
-        engine: &mut Engine,
-        now: Instant,
-        buf: &mut Vec<u8>,
-        batch: &mut InjectBatch,
-    ) -> Option<u32> {
+    fn drain(&self, engine: &mut Engine, now: Instant, batch: &mut InjectBatch) -> Option<u32> {
         let mut label = None;
         while let Some(ev) = engine.poll_event() {
             match ev {
@@ -219,16 +212,28 @@ impl Shared {
                 }
             }
         }
+        // Each packet is written straight into the batch; the batch goes
+        // out with sendmmsg whenever it is full and at the end.
         batch.clear();
-        while let Some(t) = engine.poll_transmit(now, buf) {
-            batch.push(t.to == Destination::ToOrigin, &buf[..t.len]);
-        }
-        if !batch.is_empty() {
-            let errors = self.injector.send_batch(batch);
-            if errors > 0 {
-                debug!(errors, "inject failed");
-                let mut c = lock(&self.counters);
-                *c.packets.entry("inject_errors".to_string()).or_default() += errors as u64;
+        loop {
+            let more = match engine.poll_transmit(now, batch.next_buf()) {
+                Some(t) => {
+                    batch.commit(t.to == Destination::ToOrigin);
+                    true
+                }
+                None => false,
+            };
+            if !batch.is_empty() && (batch.is_full() || !more) {
+                let errors = self.injector.send_batch(batch);
+                batch.clear();
+                if errors > 0 {
+                    debug!(errors, "inject failed");
+                    let mut c = lock(&self.counters);
+                    *c.packets.entry("inject_errors".to_string()).or_default() += errors as u64;
+                }
+            }
+            if !more {
+                break;
             }
         }
         label
@@ -342,7 +347,7 @@ impl Shared {
             let mut st = lock(&self.engine);
             let st = &mut *st;
             let r = f(&mut st.engine, now);
-            let label = self.drain(&mut st.engine, now, &mut st.tx, &mut st.batch);
+            let label = self.drain(&mut st.engine, now, &mut st.batch);
             let next = self.deadline_nanos(st.engine.poll_timeout());
             (r, label, next < *lock(&self.timer_deadline))
         };
@@ -466,7 +471,6 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         cfg,
         engine: Mutex::new(EngineState {
             engine,
-            tx: Vec::with_capacity(2048),
             batch: InjectBatch::default(),
         }),
         injector,
@@ -614,6 +618,14 @@ fn progress_step(window: u64) -> u64 {
     (window / 64).max(64 * 1024)
 }
 
+/// How long a download may go without a piece from its session while the
+/// engine has nothing left to send before the client is reset: four
+/// planner stall timeouts (the planner reassigns a stalled source's pieces
+/// after one), at least 30 s.
+fn session_silence(cfg: &Config) -> Duration {
+    (Duration::from_millis(cfg.planner.stall_timeout_ms) * 4).max(Duration::from_secs(30))
+}
+
 /// How long a download task waits for the client's progress before it
 /// retries a piece the engine's buffer had no room for (progress normally
 /// wakes it first).
@@ -739,6 +751,11 @@ async fn run_download(
     let started = Instant::now();
     let mut progress = a.progress.clone();
     let mut progress_open = true;
+    // A session that stops delivering while the client waits must not
+    // leave the client hanging: the engine would keep the flow alive on the
+    // client's keepalives and the download would never end.
+    let silence = session_silence(&shared.cfg);
+    let mut last_chunk = Instant::now();
     // The client's progress goes to the planner as the engine reports it,
     // not only when the next piece arrives: with the planner's window full
     // no piece comes until it hears of progress (measured on the unshaped
@@ -764,12 +781,40 @@ async fn run_download(
             e.map(|()| None)
         } else {
             tokio::select! {
-                c = session.next() => c,
+                c = session.next() => {
+                    last_chunk = Instant::now();
+                    c
+                }
                 changed = progress.changed(), if progress_open => {
                     match changed {
                         Ok(()) => report(&session, *progress.borrow_and_update()),
                         Err(_) => progress_open = false,
                     }
+                    continue;
+                }
+                _ = tokio::time::sleep_until((last_chunk + silence).into()) => {
+                    let info = lock(&shared.engine).engine.flow_info(flow);
+                    // Nothing the client can use: every contiguous byte is
+                    // acknowledged (pieces past a hole do not help).
+                    if info.is_none_or(|i| i.available <= i.delivered) {
+                        let stats = session.stats();
+                        record_peers(shared, &stats, started.elapsed());
+                        let sources: Vec<String> = stats
+                            .sources
+                            .iter()
+                            .map(|s| format!("{}: {} bytes{}", s.name, s.bytes, s.gone.as_deref().map(|g| format!(" (gone: {g})")).unwrap_or_default()))
+                            .collect();
+                        anyhow::bail!(
+                            "no piece for {silence:?} while the client waits at {:?} (engine: {info:?}; session: {} bytes delivered, {} stalls; {})",
+                            info.and_then(|i| i.delivered),
+                            stats.bytes_delivered,
+                            stats.stalls,
+                            sources.join(", ")
+                        );
+                    }
+                    // The engine still has bytes to deliver: the client is
+                    // the slow one.
+                    last_chunk = Instant::now();
                     continue;
                 }
                 _ = end.wait_for(|s| *s == FlowStage::Ended) => return Ok(()),
