@@ -1350,7 +1350,13 @@ impl Planner {
             // source delivers within one round trip is cheaper taken now
             // (measured in the lab: 48 KB left at the end of 8 MiB became
             // two pieces and cost ~90 ms).
-            let sliver = ((rate * s.spec.rtt.as_secs_f64()) as u64).max(self.config.min_tail_piece);
+            // A gap cut short by the window's edge is not a sliver: the
+            // window moves on and the bytes beyond it follow.
+            let sliver = if gap_end < hi || gap_end == self.body.end {
+                ((rate * s.spec.rtt.as_secs_f64()) as u64).max(self.config.min_tail_piece)
+            } else {
+                self.config.min_tail_piece
+            };
             if gap_len.saturating_sub(size) < sliver {
                 size = gap_len;
             }
