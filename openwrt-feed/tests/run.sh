@@ -415,16 +415,19 @@ EOF
 
 t_nft_rules_check() {
   need_netns
-  local c="$WORK/nftcheck" errs bad nq nb
+  local c="$WORK/nftcheck" errs bad nq nb ni
   new_case "$c" "$FIX/example.uci"
   init "$c" eval 'config_load tandem && write_config' || fail "write_config"
   "$BIN" rules nft --config "$c/var/tandem.toml" >"$c/tandem.nft"
-  # every queue statement goes to the configured queue with bypass
+  # every queue statement goes to the configured queue (7) or, for the
+  # client's INVALID packets, the next one (8), with bypass
   nq=$(grep -v '^[[:space:]]*#' "$c/tandem.nft" | grep -c 'queue')
-  nb=$(grep -c 'queue num 7 bypass' "$c/tandem.nft")
-  echo "$nq queue statements, $nb with 'num 7 bypass'"
+  nb=$(grep -cE 'queue num (7|8) bypass' "$c/tandem.nft")
+  ni=$(grep -c 'ct state invalid queue num 8 bypass' "$c/tandem.nft")
+  echo "$nq queue statements, $nb with 'num 7|8 bypass', $ni for INVALID packets on 8"
   [ "$nq" -ge 1 ] || fail "no queue rule"
   [ "$nq" = "$nb" ] || fail "a queue statement without bypass (or another queue number)"
+  [ "$ni" -ge 1 ] || fail "INVALID client packets not on queue 8"
   errs=$(ip netns exec "$NETNS" nft -c -f "$c/tandem.nft" 2>&1) && {
     echo "this kernel accepted nft queue rules: fine, nothing left to check"
     return 0

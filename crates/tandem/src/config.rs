@@ -72,7 +72,9 @@ fn default_listen() -> SocketAddr {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Queue {
-    /// NFQUEUE number the firewall rules send packets to.
+    /// NFQUEUE number the firewall rules send packets to. The next number
+    /// (`number + 1`) carries the client's conntrack-INVALID packets and is
+    /// not fail-open (see [`Queue::invalid_number`]).
     #[serde(default = "default_queue")]
     pub number: u16,
     /// Kernel queue length; beyond it packets bypass the daemon (fail-open).
@@ -137,6 +139,17 @@ pub struct Marks {
 }
 
 impl Queue {
+    /// The queue for the client's conntrack-INVALID packets (the ACKs of
+    /// an injected stream): `number + 1`. Unlike `number` it is not
+    /// fail-open: when the daemon falls behind, such a packet is dropped
+    /// (TCP recovers) instead of passing unexamined to the WAN guard, which
+    /// would reset the client. With no daemon bound it is bypassed like
+    /// the other (`--queue-bypass`), so the guard still resets orphaned
+    /// clients. Validated: `number` is below 65535.
+    pub fn invalid_number(&self) -> u16 {
+        self.number.saturating_add(1)
+    }
+
     /// Derives the mark values from the mask (validated in [`Config::validate`]).
     pub fn marks(&self) -> Marks {
         let m = self.mark_mask;
@@ -427,6 +440,12 @@ impl Config {
         let q = &self.queue;
         if q.max_len == 0 {
             return Err(err("queue.max_len", "must be at least 1"));
+        }
+        if q.number == u16::MAX {
+            return Err(err(
+                "queue.number",
+                "must be below 65535 (the next number carries INVALID client packets)",
+            ));
         }
         let m = q.mark_mask;
         let contiguous = m != 0 && {

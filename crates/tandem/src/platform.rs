@@ -43,13 +43,18 @@ pub struct PacketMeta {
     pub mark: u32,
 }
 
-/// Opens and configures the queue: bound, fail-open, full copies, bounded.
-pub fn open_queue(number: u16, max_len: u32) -> io::Result<nfq::Queue> {
+/// Opens and configures the queues on one socket: `number` fail-open (a
+/// daemon that falls behind lets those packets pass), `invalid` not
+/// fail-open (the client's INVALID packets: dropped when the daemon falls
+/// behind, never passed to the WAN guard); full copies, bounded.
+pub fn open_queue(number: u16, invalid: u16, max_len: u32) -> io::Result<nfq::Queue> {
     let mut q = nfq::Queue::open()?;
-    q.bind(number)?;
-    q.set_fail_open(number, true)?;
-    q.set_copy_range(number, 0xffff)?;
-    q.set_queue_max_len(number, max_len)?;
+    for (n, fail_open) in [(number, true), (invalid, false)] {
+        q.bind(n)?;
+        q.set_fail_open(n, fail_open)?;
+        q.set_copy_range(n, 0xffff)?;
+        q.set_queue_max_len(n, max_len)?;
+    }
     // ENOBUFS under load: keep going rather than error (packets beyond the
     // socket buffer are lost to the kernel, which fails open for the queue).
     q.set_recv_enobufs(false)?;

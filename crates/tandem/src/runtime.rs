@@ -416,10 +416,16 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
     let marks = cfg.queue.marks();
     let injector = Injector::new(marks.inject, marks.inject | marks.own)
         .context("cannot open raw sockets for injection (root or CAP_NET_RAW needed)")?;
-    let queue = platform::open_queue(cfg.queue.number, cfg.queue.max_len).with_context(|| {
+    let queue = platform::open_queue(
+        cfg.queue.number,
+        cfg.queue.invalid_number(),
+        cfg.queue.max_len,
+    )
+    .with_context(|| {
         format!(
-            "queue.number: cannot bind NFQUEUE {} (another daemon bound? root needed)",
-            cfg.queue.number
+            "queue.number: cannot bind NFQUEUE {} and {} (another daemon bound? root needed)",
+            cfg.queue.number,
+            cfg.queue.invalid_number()
         )
     })?;
     let lan_ifindex: Vec<u32> = cfg
