@@ -529,18 +529,7 @@ fn twenty_concurrent_downloads_are_identical_and_memory_bounded() {
     let idle = vm_hwm(pid).unwrap();
     let mut meter = w.wan_meter();
     let start = Instant::now();
-    let procs: Vec<_> = files
-        .iter()
-        .map(|(name, _, _)| {
-            let out = w.out(name);
-            let url = format!("http://{ORIGIN_IP}/{name}");
-            (
-                transfer::spawn_download(&w.topo, 0, Tool::Curl, &url, &out).unwrap(),
-                out,
-                name,
-            )
-        })
-        .collect();
+    let procs = w.spawn_curls(files.iter().map(|(name, _, _)| name.as_str()));
     let mut slowest = Duration::ZERO;
     let mut failures = Vec::new();
     for (p, out, name) in &procs {

@@ -275,18 +275,7 @@ fn twenty_concurrent_64mib_standard_all_identical() {
     );
     let mut meter = w.wan_meter();
     let start = Instant::now();
-    let procs: Vec<_> = files
-        .iter()
-        .map(|(name, _, _)| {
-            let out = w.out(name);
-            let url = format!("http://{ORIGIN_IP}/{name}");
-            (
-                transfer::spawn_download(&w.topo, 0, Tool::Curl, &url, &out).unwrap(),
-                out,
-                name,
-            )
-        })
-        .collect();
+    let procs = w.spawn_curls(files.iter().map(|(name, _, _)| name.as_str()));
     // Stall detection: no copy grew for 30 s while some still run.
     let mut last = (0u64, Instant::now());
     while procs.iter().any(|(p, _, _)| p.is_running()) {

@@ -109,6 +109,29 @@ impl World {
         d.join(name)
     }
 
+    /// Starts one curl per file behind router A, all at once: (process,
+    /// output path, file name).
+    pub fn spawn_curls<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<(Proc, PathBuf, &'a str)> {
+        names
+            .into_iter()
+            .map(|name| {
+                let out = self.out(name);
+                let p = tandem_lab::transfer::spawn_download(
+                    &self.topo,
+                    0,
+                    tandem_lab::transfer::Tool::Curl,
+                    &self.url(name),
+                    &out,
+                )
+                .unwrap();
+                (p, out, name)
+            })
+            .collect()
+    }
+
     /// Starts counting the bytes received on every router's WAN.
     pub fn wan_meter(&self) -> WanMeter {
         WanMeter::new(&self.topo)
