@@ -64,6 +64,23 @@ struct Sub {
     waiting: Vec<PieceJob>,
 }
 
+impl Sub {
+    /// Sends `job` to the sub-delegate; false if its task is gone.
+    fn request(&mut self, session: SessionKey, job: &PieceJob) -> bool {
+        let req = Message::PieceRequest {
+            session,
+            piece: job.piece,
+            range: tandem_peer::ByteRange::new(job.range.start, job.range.end),
+        };
+        let ok = self.cmds.as_ref().is_some_and(|c| c.send(req).is_ok());
+        if ok {
+            self.outstanding.insert(job.piece);
+            tracing::debug!(%session, piece = job.piece, to = %self.name, "relayed piece");
+        }
+        ok
+    }
+}
+
 struct Relay {
     node: Node,
     session: SessionKey,
@@ -244,20 +261,9 @@ impl Relay {
                 }
                 ok.then_some(Holder::Local)
             }
-            Some((_, Holder::Sub(i))) => {
-                let req = Message::PieceRequest {
-                    session: self.session,
-                    piece,
-                    range: tandem_peer::ByteRange::new(job.range.start, job.range.end),
-                };
-                let s = &mut self.subs[i];
-                let ok = s.cmds.as_ref().is_some_and(|c| c.send(req).is_ok());
-                if ok {
-                    s.outstanding.insert(piece);
-                    tracing::debug!(session = %self.session, piece, to = %s.name, "relayed piece");
-                }
-                ok.then_some(Holder::Sub(i))
-            }
+            Some((_, Holder::Sub(i))) => self.subs[i]
+                .request(self.session, &job)
+                .then_some(Holder::Sub(i)),
             None => None,
         };
         match sent {
@@ -365,15 +371,7 @@ impl Relay {
                     let waiting = std::mem::take(&mut sub.waiting);
                     let mut unsent = Vec::new();
                     for job in waiting {
-                        let req = Message::PieceRequest {
-                            session: self.session,
-                            piece: job.piece,
-                            range: tandem_peer::ByteRange::new(job.range.start, job.range.end),
-                        };
-                        if sub.cmds.as_ref().is_some_and(|c| c.send(req).is_ok()) {
-                            sub.outstanding.insert(job.piece);
-                            tracing::debug!(session = %self.session, piece = job.piece, to = %sub.name, "relayed piece");
-                        } else {
+                        if !sub.request(self.session, &job) {
                             unsent.push(job);
                         }
                     }

@@ -21,15 +21,15 @@ use crate::daemon::{DaemonOptions, Daemons};
 use crate::netns::{self, IfCounters};
 use crate::origin::{OriginKind, start_origin};
 use crate::plot::{self, Panel, Series};
+use crate::topology::{
+    ORIGIN_IP, Rate, Topology, TopologySpec, client_ip, router_letter, router_wan_ip,
+};
+use crate::transfer::{self, Tool};
 
 /// How often the uplinks' counters are sampled for the plot and progress.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
 /// How often the client is checked for its exit: its time is taken then.
 const EXIT_POLL: Duration = Duration::from_millis(2);
-use crate::topology::{
-    ORIGIN_IP, Rate, Topology, TopologySpec, client_ip, router_letter, router_wan_ip,
-};
-use crate::transfer::{self, Tool};
 
 /// Options of `tandem lab`.
 #[derive(clap::Args, Clone, Debug)]

@@ -74,11 +74,9 @@ pub fn iptables(cfg: &Config) -> String {
     let q = cfg.queue.number;
     let n = cfg.queue.first_packets;
     let ports = ports_csv(cfg);
+    let qi = cfg.queue.invalid_number();
     let queue = format!("NFQUEUE --queue-num {q} --queue-bypass");
-    let invalid_queue = format!(
-        "NFQUEUE --queue-num {} --queue-bypass",
-        cfg.queue.invalid_number()
-    );
+    let invalid_queue = format!("NFQUEUE --queue-num {qi} --queue-bypass");
     let mut rules = String::new();
     let mut r = |line: String| {
         let _ = writeln!(rules, "  $T {line}");
@@ -167,7 +165,6 @@ for T in "iptables -w" "ip6tables -w"; do
   esac
 done
 "#,
-        qi = cfg.queue.invalid_number(),
         mask = hex(m.mask),
         inject = hex(m.inject),
         pass = hex(m.pass),

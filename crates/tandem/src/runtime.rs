@@ -154,8 +154,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn count(&self, table: fn(&mut Counters) -> &mut BTreeMap<String, u64>, key: &str) {
+        self.add(table, key, 1);
+    }
+
+    fn add(&self, table: fn(&mut Counters) -> &mut BTreeMap<String, u64>, key: &str, n: u64) {
         let mut c = lock(&self.counters);
-        *table(&mut c).entry(key.to_string()).or_default() += 1;
+        *table(&mut c).entry(key.to_string()).or_default() += n;
     }
 
     /// Sends what the engine emitted and handles its events. Returns the
@@ -228,8 +232,7 @@ impl Shared {
                 batch.clear();
                 if errors > 0 {
                     debug!(errors, "inject failed");
-                    let mut c = lock(&self.counters);
-                    *c.packets.entry("inject_errors".to_string()).or_default() += errors as u64;
+                    self.add(|c| &mut c.packets, "inject_errors", errors as u64);
                 }
             }
             if !more {
