@@ -423,7 +423,7 @@ impl Shared {
                 };
                 let verdict = st.engine.handle_packet(now, dir, &mut p.data);
                 let label = self.drain(&mut st.engine, now, None);
-                p.verdict = self.queue_verdict(verdict, label, p.meta, p.data.len());
+                p.verdict = queue_verdict(&self.marks, verdict, label, p.meta, p.data.len());
             }
             self.flush(&mut st.engine, now, &mut st.batch);
             let next = self.deadline_nanos(st.engine.poll_timeout());
@@ -433,29 +433,30 @@ impl Shared {
             self.wake.notify_one();
         }
     }
+}
 
-    /// The queue's verdict for a packet of length `len` from the engine's
-    /// verdict and the connection label an event decided.
-    fn queue_verdict(
-        &self,
-        verdict: tandem_splice::Verdict,
-        label: Option<u32>,
-        meta: PacketMeta,
-        len: usize,
-    ) -> QueueVerdict {
-        match (verdict, label) {
-            (tandem_splice::Verdict::Accept, Some(state)) => QueueVerdict::RepeatWithMark(
-                meta.mark & !self.marks.mask | self.marks.decided | state,
-            ),
-            (tandem_splice::Verdict::Accept, None) => QueueVerdict::Accept,
-            (tandem_splice::Verdict::AcceptModified { len: l }, _) if l == len => {
-                QueueVerdict::AcceptModified
-            }
-            (tandem_splice::Verdict::AcceptModified { len: l }, _) => {
-                QueueVerdict::AcceptTruncated(l)
-            }
-            (tandem_splice::Verdict::Drop, _) => QueueVerdict::Drop,
+/// The queue's verdict for a packet of length `len` from the engine's
+/// verdict and the connection label (state bits) an event decided: a
+/// labelled packet is re-queued with its mark's state bits replaced (the
+/// rules save them into the connmark); an edit of the same length is an
+/// in-place modification, a shorter one a truncation.
+fn queue_verdict(
+    marks: &Marks,
+    verdict: tandem_splice::Verdict,
+    label: Option<u32>,
+    meta: PacketMeta,
+    len: usize,
+) -> QueueVerdict {
+    match (verdict, label) {
+        (tandem_splice::Verdict::Accept, Some(state)) => {
+            QueueVerdict::RepeatWithMark(meta.mark & !marks.mask | marks.decided | state)
         }
+        (tandem_splice::Verdict::Accept, None) => QueueVerdict::Accept,
+        (tandem_splice::Verdict::AcceptModified { len: l }, _) if l == len => {
+            QueueVerdict::AcceptModified
+        }
+        (tandem_splice::Verdict::AcceptModified { len: l }, _) => QueueVerdict::AcceptTruncated(l),
+        (tandem_splice::Verdict::Drop, _) => QueueVerdict::Drop,
     }
 }
 
@@ -1049,6 +1050,49 @@ fn snapshot(shared: &Shared) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_verdicts_keep_each_packets_own_engine_verdict() {
+        use tandem_splice::Verdict as V;
+        let marks = crate::config::Queue::default().marks();
+        let meta = PacketMeta {
+            indev: 1,
+            outdev: 2,
+            // Bits outside the mask survive; state bits inside are replaced.
+            mark: 0x8000_0000 | marks.pass,
+        };
+        assert_eq!(
+            queue_verdict(&marks, V::Accept, None, meta, 60),
+            QueueVerdict::Accept
+        );
+        assert_eq!(
+            queue_verdict(&marks, V::Accept, Some(marks.own), meta, 60),
+            QueueVerdict::RepeatWithMark(0x8000_0000 | marks.decided | marks.own)
+        );
+        assert_eq!(
+            queue_verdict(&marks, V::AcceptModified { len: 60 }, None, meta, 60),
+            QueueVerdict::AcceptModified
+        );
+        // A label never overrides an edit or a drop.
+        assert_eq!(
+            queue_verdict(
+                &marks,
+                V::AcceptModified { len: 60 },
+                Some(marks.own),
+                meta,
+                60
+            ),
+            QueueVerdict::AcceptModified
+        );
+        assert_eq!(
+            queue_verdict(&marks, V::AcceptModified { len: 40 }, None, meta, 60),
+            QueueVerdict::AcceptTruncated(40)
+        );
+        assert_eq!(
+            queue_verdict(&marks, V::Drop, Some(marks.pass), meta, 60),
+            QueueVerdict::Drop
+        );
+    }
 
     #[test]
     fn budget_lends_idle_uplink_and_keeps_the_share_floor() {
