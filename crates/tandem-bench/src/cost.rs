@@ -195,7 +195,17 @@ fn mib(b: u64) -> f64 {
     b as f64 / MIB as f64
 }
 
-/// Runs every cost measurement.
+/// Which cost rows to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CostRows {
+    /// Every cost row.
+    All,
+    /// Only the unshaped accelerated download vs plain forwarding (the
+    /// CPU-bound ratio of issue 6), repeated `reps` times alternating.
+    Unshaped,
+}
+
+/// Runs the cost measurements `rows` selects.
 pub fn run_cost(
     exe: &Path,
     origin: OriginKind,
@@ -203,9 +213,16 @@ pub fn run_cost(
     reps: usize,
     out: &Path,
     perf: bool,
+    rows: CostRows,
 ) -> Result<CostResults> {
     let mut r = CostResults::default();
     let ctx = Ctx { out, perf };
+    if rows == CostRows::Unshaped {
+        if let Err(e) = unshaped_only(exe, &origin, quick, reps, &ctx, &mut r) {
+            r.errors.push(format!("unshaped: {e:#}"));
+        }
+        return Ok(r);
+    }
     match shaped_ineligible(exe, &origin, quick) {
         Ok(i) => r.ineligible = Some(i),
         Err(e) => r.errors.push(format!("ineligible (shaped): {e:#}")),
@@ -380,6 +397,53 @@ fn ineligible(
     Ok(res)
 }
 
+/// The unshaped testbed (no shaping, no delay) built for the CPU-bound
+/// rows.
+fn unshaped_topology() -> Result<Topology> {
+    let mut spec = TopologySpec::pair(Vec::new());
+    spec.down = None;
+    spec.up = None;
+    spec.mesh_rate = None;
+    spec.delay_ms = 0;
+    Topology::build(spec)
+}
+
+/// Only the unshaped accelerated row: plain forwarding and tandem
+/// alternating `reps` times on one testbed (ratio of medians), the first
+/// tandem download profiled with `--perf`.
+fn unshaped_only(
+    exe: &Path,
+    origin: &OriginKind,
+    quick: bool,
+    reps: usize,
+    ctx: &Ctx,
+    r: &mut CostResults,
+) -> Result<()> {
+    let topo = unshaped_topology()?;
+    let _logs = crate::systems::KeepLogs::new(&topo, &ctx.out.join("logs").join("cost-unshaped"));
+    let www = topo.workdir().join("www");
+    std::fs::create_dir_all(&www)?;
+    let big_mib = if quick { 256 } else { 1024 };
+    transfer::write_random_file(&www.join("big.bin"), big_mib * MIB, 21)?;
+    let o = start_origin(&topo, origin, &www)?;
+    let bench = Accel {
+        topo: &topo,
+        exe,
+        rates: &[1000, 1000],
+        url: o.url("big.bin"),
+        file: www.join("big.bin"),
+        size_mib: big_mib,
+        testbed: "unshaped, no delay (CPU bound)",
+        tag: "unshaped",
+        with_plain: true,
+    };
+    match bench.run(reps, ctx, ctx.perf) {
+        Ok(u) => r.accel.push(u),
+        Err(e) => r.errors.push(format!("unshaped accelerated: {e:#}")),
+    }
+    Ok(())
+}
+
 fn unshaped(
     exe: &Path,
     origin: &OriginKind,
@@ -437,12 +501,7 @@ fn unshaped(
     }
     // 2. Unshaped, no delay: CPU-bound throughput, ineligible latency.
     {
-        let mut spec = TopologySpec::pair(Vec::new());
-        spec.down = None;
-        spec.up = None;
-        spec.mesh_rate = None;
-        spec.delay_ms = 0;
-        let topo = Topology::build(spec)?;
+        let topo = unshaped_topology()?;
         let _logs =
             crate::systems::KeepLogs::new(&topo, &ctx.out.join("logs").join("cost-unshaped"));
         let www = topo.workdir().join("www");

@@ -66,6 +66,11 @@ struct Args {
     /// Origin server.
     #[arg(long, value_enum, default_value_t = LabOrigin::Nginx)]
     origin: LabOrigin,
+    /// Which cost rows: `all`, or `unshaped` for only the unshaped
+    /// accelerated row (plain forwarding and tandem alternating `--reps`
+    /// times; with `--perf` the first tandem download is profiled).
+    #[arg(long, value_enum, default_value_t = cost::CostRows::All)]
+    cost: cost::CostRows,
 }
 
 fn main() -> ExitCode {
@@ -184,6 +189,7 @@ fn run(args: &Args) -> Result<()> {
             reps,
             &out,
             args.perf,
+            args.cost,
         ) {
             Ok(c) => cost_res = Some(c),
             Err(e) => {

@@ -162,10 +162,16 @@ impl Shared {
         *table(&mut c).entry(key.to_string()).or_default() += n;
     }
 
-    /// Sends what the engine emitted and handles its events. Returns the
-    /// connection label (state bits) for the packet being handled, if an
-    /// event decided one.
-    fn drain(&self, engine: &mut Engine, now: Instant, batch: &mut InjectBatch) -> Option<u32> {
+    /// Handles the engine's events and, with a `batch`, sends what the
+    /// engine emitted (without one the transmits wait in the engine for a
+    /// later [`Shared::flush`]). Returns the connection label (state bits)
+    /// for the packet being handled, if an event decided one.
+    fn drain(
+        &self,
+        engine: &mut Engine,
+        now: Instant,
+        batch: Option<&mut InjectBatch>,
+    ) -> Option<u32> {
         let mut label = None;
         while let Some(ev) = engine.poll_event() {
             match ev {
@@ -216,8 +222,16 @@ impl Shared {
                 }
             }
         }
-        // Each packet is written straight into the batch; the batch goes
-        // out with sendmmsg whenever it is full and at the end.
+        if let Some(batch) = batch {
+            self.flush(engine, now, batch);
+        }
+        label
+    }
+
+    /// Sends what the engine emitted: each packet is written straight into
+    /// the batch; the batch goes out with sendmmsg whenever it is full and
+    /// at the end.
+    fn flush(&self, engine: &mut Engine, now: Instant, batch: &mut InjectBatch) {
         batch.clear();
         loop {
             let more = match engine.poll_transmit(now, batch.next_buf()) {
@@ -239,7 +253,6 @@ impl Shared {
                 break;
             }
         }
-        label
     }
 
     /// The decision on a response head. Returns the connection label.
@@ -350,7 +363,7 @@ impl Shared {
             let mut st = lock(&self.engine);
             let st = &mut *st;
             let r = f(&mut st.engine, now);
-            let label = self.drain(&mut st.engine, now, &mut st.batch);
+            let label = self.drain(&mut st.engine, now, Some(&mut st.batch));
             let next = self.deadline_nanos(st.engine.poll_timeout());
             (r, label, next < *lock(&self.timer_deadline))
         };
@@ -391,27 +404,59 @@ impl Shared {
         d
     }
 
-    /// The queue thread's per-packet work.
-    fn on_packet(&self, pkt: &mut [u8], meta: PacketMeta) -> QueueVerdict {
-        let dir = if self.lan_ifindex.contains(&meta.indev) {
-            Direction::FromClient
-        } else {
-            Direction::FromOrigin
+    /// The queue thread's work for a batch of packets: one clock read and
+    /// one engine lock for all of them; each packet's events are handled
+    /// right after it (a decision labels that packet), what the engine
+    /// emitted for the whole batch goes out together at the end, before
+    /// any verdict is written back. Wakes the timer task as
+    /// [`Shared::step`] does.
+    fn on_batch(&self, pkts: &mut [platform::QueuedPacket]) {
+        let now = Instant::now();
+        let wake = {
+            let mut st = lock(&self.engine);
+            let st = &mut *st;
+            for p in pkts.iter_mut() {
+                let dir = if self.lan_ifindex.contains(&p.meta.indev) {
+                    Direction::FromClient
+                } else {
+                    Direction::FromOrigin
+                };
+                let verdict = st.engine.handle_packet(now, dir, &mut p.data);
+                let label = self.drain(&mut st.engine, now, None);
+                p.verdict = queue_verdict(&self.marks, verdict, label, p.meta, p.data.len());
+            }
+            self.flush(&mut st.engine, now, &mut st.batch);
+            let next = self.deadline_nanos(st.engine.poll_timeout());
+            next < *lock(&self.timer_deadline)
         };
-        let (verdict, label) = self.step(|engine, now| engine.handle_packet(now, dir, pkt));
-        match (verdict, label) {
-            (tandem_splice::Verdict::Accept, Some(state)) => QueueVerdict::RepeatWithMark(
-                meta.mark & !self.marks.mask | self.marks.decided | state,
-            ),
-            (tandem_splice::Verdict::Accept, None) => QueueVerdict::Accept,
-            (tandem_splice::Verdict::AcceptModified { len }, _) if len == pkt.len() => {
-                QueueVerdict::AcceptModified
-            }
-            (tandem_splice::Verdict::AcceptModified { len }, _) => {
-                QueueVerdict::AcceptTruncated(len)
-            }
-            (tandem_splice::Verdict::Drop, _) => QueueVerdict::Drop,
+        if wake {
+            self.wake.notify_one();
         }
+    }
+}
+
+/// The queue's verdict for a packet of length `len` from the engine's
+/// verdict and the connection label (state bits) an event decided: a
+/// labelled packet is re-queued with its mark's state bits replaced (the
+/// rules save them into the connmark); an edit of the same length is an
+/// in-place modification, a shorter one a truncation.
+fn queue_verdict(
+    marks: &Marks,
+    verdict: tandem_splice::Verdict,
+    label: Option<u32>,
+    meta: PacketMeta,
+    len: usize,
+) -> QueueVerdict {
+    match (verdict, label) {
+        (tandem_splice::Verdict::Accept, Some(state)) => {
+            QueueVerdict::RepeatWithMark(meta.mark & !marks.mask | marks.decided | state)
+        }
+        (tandem_splice::Verdict::Accept, None) => QueueVerdict::Accept,
+        (tandem_splice::Verdict::AcceptModified { len: l }, _) if l == len => {
+            QueueVerdict::AcceptModified
+        }
+        (tandem_splice::Verdict::AcceptModified { len: l }, _) => QueueVerdict::AcceptTruncated(l),
+        (tandem_splice::Verdict::Drop, _) => QueueVerdict::Drop,
     }
 }
 
@@ -502,7 +547,7 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("nfqueue".into())
             .spawn(move || {
-                let res = platform::run_queue(queue, |pkt, meta| shared.on_packet(pkt, meta));
+                let res = platform::run_queue(queue, |pkts| shared.on_batch(pkts));
                 if let Err(e) = res {
                     tracing::error!(error = %e, "NFQUEUE loop ended; traffic bypasses the daemon");
                 }
@@ -1005,6 +1050,49 @@ fn snapshot(shared: &Shared) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_verdicts_keep_each_packets_own_engine_verdict() {
+        use tandem_splice::Verdict as V;
+        let marks = crate::config::Queue::default().marks();
+        let meta = PacketMeta {
+            indev: 1,
+            outdev: 2,
+            // Bits outside the mask survive; state bits inside are replaced.
+            mark: 0x8000_0000 | marks.pass,
+        };
+        assert_eq!(
+            queue_verdict(&marks, V::Accept, None, meta, 60),
+            QueueVerdict::Accept
+        );
+        assert_eq!(
+            queue_verdict(&marks, V::Accept, Some(marks.own), meta, 60),
+            QueueVerdict::RepeatWithMark(0x8000_0000 | marks.decided | marks.own)
+        );
+        assert_eq!(
+            queue_verdict(&marks, V::AcceptModified { len: 60 }, None, meta, 60),
+            QueueVerdict::AcceptModified
+        );
+        // A label never overrides an edit or a drop.
+        assert_eq!(
+            queue_verdict(
+                &marks,
+                V::AcceptModified { len: 60 },
+                Some(marks.own),
+                meta,
+                60
+            ),
+            QueueVerdict::AcceptModified
+        );
+        assert_eq!(
+            queue_verdict(&marks, V::AcceptModified { len: 40 }, None, meta, 60),
+            QueueVerdict::AcceptTruncated(40)
+        );
+        assert_eq!(
+            queue_verdict(&marks, V::Drop, Some(marks.pass), meta, 60),
+            QueueVerdict::Drop
+        );
+    }
 
     #[test]
     fn budget_lends_idle_uplink_and_keeps_the_share_floor() {
