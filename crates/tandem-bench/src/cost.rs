@@ -218,7 +218,7 @@ pub fn run_cost(
     let mut r = CostResults::default();
     let ctx = Ctx { out, perf };
     if rows == CostRows::Unshaped {
-        if let Err(e) = unshaped_only(exe, &origin, quick, reps, &ctx, &mut r) {
+        if let Err(e) = unshaped_testbed(exe, &origin, quick, reps, &ctx, &mut r, false) {
             r.errors.push(format!("unshaped: {e:#}"));
         }
         return Ok(r);
@@ -408,16 +408,19 @@ fn unshaped_topology() -> Result<Topology> {
     Topology::build(spec)
 }
 
-/// Only the unshaped accelerated row: plain forwarding and tandem
-/// alternating `reps` times on one testbed (ratio of medians), the first
-/// tandem download profiled with `--perf`.
-fn unshaped_only(
+/// The unshaped testbed (no shaping, no delay): the accelerated row, plain
+/// forwarding and tandem alternating `reps` times (ratio of medians), and
+/// with `with_ineligible` first the ineligible-traffic rows. Alone
+/// (`--cost unshaped`) the first tandem download is profiled with `--perf`;
+/// in the full cost group the standard testbed is.
+fn unshaped_testbed(
     exe: &Path,
     origin: &OriginKind,
     quick: bool,
     reps: usize,
     ctx: &Ctx,
     r: &mut CostResults,
+    with_ineligible: bool,
 ) -> Result<()> {
     let topo = unshaped_topology()?;
     let _logs = crate::systems::KeepLogs::new(&topo, &ctx.out.join("logs").join("cost-unshaped"));
@@ -425,11 +428,30 @@ fn unshaped_only(
     std::fs::create_dir_all(&www)?;
     let big_mib = if quick { 256 } else { 1024 };
     transfer::write_random_file(&www.join("big.bin"), big_mib * MIB, 21)?;
+    let small = www.join("small.bin");
+    if with_ineligible {
+        transfer::write_random_file(&small, MIB, 23)?;
+    }
     let o = start_origin(&topo, origin, &www)?;
+    let rates = [1000, 1000];
+    if with_ineligible {
+        match ineligible(
+            &topo,
+            exe,
+            &o.url("small.bin"),
+            &small,
+            quick,
+            "unshaped, no delay",
+            &rates,
+        ) {
+            Ok(i) => r.ineligible_unshaped = Some(i),
+            Err(e) => r.errors.push(format!("ineligible (unshaped): {e:#}")),
+        }
+    }
     let bench = Accel {
         topo: &topo,
         exe,
-        rates: &[1000, 1000],
+        rates: &rates,
         url: o.url("big.bin"),
         file: www.join("big.bin"),
         size_mib: big_mib,
@@ -437,7 +459,7 @@ fn unshaped_only(
         tag: "unshaped",
         with_plain: true,
     };
-    match bench.run(reps, ctx, ctx.perf) {
+    match bench.run(reps, ctx, ctx.perf && !with_ineligible) {
         Ok(u) => r.accel.push(u),
         Err(e) => r.errors.push(format!("unshaped accelerated: {e:#}")),
     }
@@ -500,46 +522,7 @@ fn unshaped(
         }
     }
     // 2. Unshaped, no delay: CPU-bound throughput, ineligible latency.
-    {
-        let topo = unshaped_topology()?;
-        let _logs =
-            crate::systems::KeepLogs::new(&topo, &ctx.out.join("logs").join("cost-unshaped"));
-        let www = topo.workdir().join("www");
-        std::fs::create_dir_all(&www)?;
-        let big_mib = if quick { 256 } else { 1024 };
-        let small = www.join("small.bin");
-        transfer::write_random_file(&www.join("big.bin"), big_mib * MIB, 21)?;
-        transfer::write_random_file(&small, MIB, 23)?;
-        let o = start_origin(&topo, origin, &www)?;
-        let rates = [1000, 1000];
-        match ineligible(
-            &topo,
-            exe,
-            &o.url("small.bin"),
-            &small,
-            quick,
-            "unshaped, no delay",
-            &rates,
-        ) {
-            Ok(i) => r.ineligible_unshaped = Some(i),
-            Err(e) => r.errors.push(format!("ineligible (unshaped): {e:#}")),
-        }
-        let bench = Accel {
-            topo: &topo,
-            exe,
-            rates: &rates,
-            url: o.url("big.bin"),
-            file: www.join("big.bin"),
-            size_mib: big_mib,
-            testbed: "unshaped, no delay (CPU bound)",
-            tag: "unshaped",
-            with_plain: true,
-        };
-        match bench.run(reps, ctx, false) {
-            Ok(u) => r.accel.push(u),
-            Err(e) => r.errors.push(format!("unshaped accelerated: {e:#}")),
-        }
-    }
+    unshaped_testbed(exe, origin, quick, reps, ctx, r, true)?;
     // 3. 100 Mbit/s uplinks, no delay.
     let mut spec = TopologySpec::pair(Vec::new());
     spec.down = Some(tandem_lab::Rate::mbit(100));
