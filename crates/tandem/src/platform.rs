@@ -11,9 +11,11 @@
 //! a home uplink (≈ 10^4 packets/s) one lock per packet would do; at LAN
 //! rates (unshaped, 10^5 client ACKs/s) the queue thread is the bottleneck,
 //! so packets already waiting are taken together ([`MAX_QUEUE_BATCH`]).
-//! Batch verdicts (one netlink message for a run of accepts) need a binding
-//! of our own with fd access: the next step if the verdicts show up in the
-//! profile.
+//! Batch verdicts (one `NFQNL_MSG_VERDICT_BATCH` for a run of accepts or
+//! drops, written on the queue's socket found through /proc) were tried on
+//! top of the batching and measured within the noise (unshaped 1 GiB: 1281
+//! vs 1298 Mbit/s, A 5.68 vs 5.84 CPU s/GiB), so each packet keeps its own
+//! verdict message.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -387,12 +389,6 @@ impl InjectBatch {
         }
     }
 
-    /// Appends a copy of `packet`.
-    pub fn push(&mut self, tracked: bool, packet: &[u8]) {
-        self.next_buf().extend_from_slice(packet);
-        self.commit(tracked);
-    }
-
     /// Forgets every packet (keeps the buffers).
     pub fn clear(&mut self) {
         self.items.clear();
@@ -595,13 +591,19 @@ pub fn if_index(name: &str) -> u32 {
 mod tests {
     use super::*;
 
+    /// Appends a copy of `packet` the way the runtime writes one.
+    fn push(b: &mut InjectBatch, tracked: bool, packet: &[u8]) {
+        b.next_buf().extend_from_slice(packet);
+        b.commit(tracked);
+    }
+
     #[test]
     fn inject_batch_keeps_packets_and_order() {
         let mut b = InjectBatch::default();
         assert!(b.is_empty());
-        b.push(false, &[0x45, 1, 2]);
-        b.push(true, &[0x60; 5]);
-        b.push(false, &[]);
+        push(&mut b, false, &[0x45, 1, 2]);
+        push(&mut b, true, &[0x60; 5]);
+        push(&mut b, false, &[]);
         assert_eq!(b.len(), 3);
         assert_eq!(b.packet(0), Some(&[0x45, 1, 2][..]));
         assert_eq!(b.packet(1), Some(&[0x60; 5][..]));
@@ -619,7 +621,7 @@ mod tests {
         assert_eq!(b.packet(0), Some(&[0x45; 4][..]));
         assert_eq!(b.packet(1), None);
         for _ in 0..MAX_BATCH {
-            b.push(false, &[0x45]);
+            push(&mut b, false, &[0x45]);
         }
         assert!(b.is_full());
     }

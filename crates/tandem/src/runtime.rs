@@ -364,13 +364,19 @@ impl Shared {
             let st = &mut *st;
             let r = f(&mut st.engine, now);
             let label = self.drain(&mut st.engine, now, Some(&mut st.batch));
-            let next = self.deadline_nanos(st.engine.poll_timeout());
-            (r, label, next < *lock(&self.timer_deadline))
+            (r, label, self.deadline_moved_earlier(&st.engine))
         };
         if wake {
             self.wake.notify_one();
         }
         (r, label)
+    }
+
+    /// Whether `engine`'s next deadline is earlier than the one the timer
+    /// task sleeps for (call under the engine's lock; see
+    /// [`Shared::arm_timer`]): then the timer task must be woken.
+    fn deadline_moved_earlier(&self, engine: &Engine) -> bool {
+        self.deadline_nanos(engine.poll_timeout()) < *lock(&self.timer_deadline)
     }
 
     /// An engine deadline as nanoseconds since `started` (saturating; a
@@ -426,8 +432,7 @@ impl Shared {
                 p.verdict = queue_verdict(&self.marks, verdict, label, p.meta, p.data.len());
             }
             self.flush(&mut st.engine, now, &mut st.batch);
-            let next = self.deadline_nanos(st.engine.poll_timeout());
-            next < *lock(&self.timer_deadline)
+            self.deadline_moved_earlier(&st.engine)
         };
         if wake {
             self.wake.notify_one();
