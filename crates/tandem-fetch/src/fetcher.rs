@@ -41,6 +41,12 @@ pub struct FetchConfig {
     pub chunk_size: usize,
     /// Which origin addresses may be fetched from (SSRF guard).
     pub policy: TargetPolicy,
+    /// How long, once the previous body has been read, the response to a
+    /// pipelined request ([`PieceBody::pipeline`]) may take to start. An
+    /// origin that lets it pass has ignored the request: the fetch retries
+    /// it on a new connection and this fetcher stops pipelining. Default
+    /// 1 s.
+    pub pipeline_timeout: Duration,
 }
 
 impl Default for FetchConfig {
@@ -51,6 +57,7 @@ impl Default for FetchConfig {
             bind_addr: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
             policy: TargetPolicy::default(),
+            pipeline_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -278,24 +285,37 @@ struct Conn {
     body_left: u64,
     /// Requests sent on this connection.
     requests: u64,
+    /// A request for this range was sent behind the current response
+    /// (HTTP/1.1 pipelining); its response follows the current body.
+    pipelined: Option<Range<u64>>,
 }
 
 /// HTTP/1.1 client for byte ranges of one [`Resource`].
 ///
-/// One request at a time: [`RangeFetcher::fetch`] sends the Range request,
-/// checks the response head and returns a [`PieceBody`] that streams the
-/// body in chunks of at most [`FetchConfig::chunk_size`] bytes. When the
-/// body has been read to its end the connection is kept for the next
-/// piece; if the caller drops the body early, the connection is closed at
-/// the next fetch. A keep-alive connection the origin closed while idle is
-/// replaced transparently (one retry on a new connection when nothing of
-/// the response arrived).
+/// [`RangeFetcher::fetch`] sends the Range request, checks the response
+/// head and returns a [`PieceBody`] that streams the body in chunks of at
+/// most [`FetchConfig::chunk_size`] bytes. When the body has been read to
+/// its end the connection is kept for the next piece; if the caller drops
+/// the body early, the connection is closed at the next fetch. A keep-alive
+/// connection the origin closed while idle is replaced transparently (one
+/// retry on a new connection when nothing of the response arrived).
+///
+/// Pipelining: while a body streams, [`PieceBody::pipeline`] may send the
+/// request for the next range on the same connection, so that its response
+/// follows the current body without a request round trip and on a
+/// connection whose congestion window is already open. The next `fetch` of
+/// exactly that range then only reads the response. A pipelined request
+/// the origin does not answer (it closes the connection, or lets
+/// [`FetchConfig::pipeline_timeout`] pass) is sent again on a new
+/// connection, and the fetcher stops pipelining.
 pub struct RangeFetcher {
     resource: Resource,
     config: FetchConfig,
     conn: Option<Conn>,
     buf: Vec<u8>,
     stats: FetchStats,
+    /// Cleared when the origin failed a pipelined request.
+    pipelining: bool,
 }
 
 impl std::fmt::Debug for RangeFetcher {
@@ -321,6 +341,7 @@ impl RangeFetcher {
             conn: None,
             buf,
             stats: FetchStats::default(),
+            pipelining: true,
         })
     }
 
@@ -334,6 +355,7 @@ impl RangeFetcher {
             conn: None,
             buf: vec![0; self.buf.len()],
             stats: FetchStats::default(),
+            pipelining: self.pipelining,
         }
     }
 
@@ -351,6 +373,7 @@ impl RangeFetcher {
                 reusable: true,
                 body_left: 0,
                 requests: 0,
+                pipelined: None,
             });
         }
         Ok(())
@@ -364,6 +387,12 @@ impl RangeFetcher {
     /// Counters so far.
     pub fn stats(&self) -> FetchStats {
         self.stats
+    }
+
+    /// Whether [`PieceBody::pipeline`] may still send requests (false once
+    /// the origin failed a pipelined request).
+    pub fn pipelining(&self) -> bool {
+        self.pipelining
     }
 
     /// Request `range` (half-open, inside `0..total_len`) and check the
@@ -384,20 +413,25 @@ impl RangeFetcher {
             &self.resource.validator,
             &self.resource.host,
         )?;
-        // A connection with an unread body or a close pending is useless.
-        if self
-            .conn
-            .as_ref()
-            .is_some_and(|c| !c.reusable || c.body_left != 0)
-        {
-            self.conn = None;
-        }
-        let result = match self.exchange(&request).await {
-            Err(Retry::Stale) => {
-                // The origin closed the idle keep-alive connection: one
-                // retry on a new connection (which cannot be stale).
+        // A connection with an unread body or a close pending is useless,
+        // and so is one that will answer a pipelined request for another
+        // range first.
+        let mut sent = false;
+        if let Some(c) = self.conn.as_mut() {
+            let pipelined = c.pipelined.take();
+            if !c.reusable || c.body_left != 0 || pipelined.as_ref().is_some_and(|r| *r != range) {
                 self.conn = None;
-                self.exchange(&request).await
+            } else {
+                sent = pipelined.is_some();
+            }
+        }
+        let result = match self.exchange(&request, sent).await {
+            Err(Retry::Stale) => {
+                // The origin closed the idle keep-alive connection (or did
+                // not answer the pipelined request): one retry on a new
+                // connection (which cannot be stale).
+                self.conn = None;
+                self.exchange(&request, false).await
             }
             other => other,
         };
@@ -458,9 +492,14 @@ impl RangeFetcher {
     }
 
     /// Send `request` on the current connection (or a new one) and read the
-    /// response head. `Retry::Stale` means a reused connection failed
-    /// before any response byte: try again on a new one.
-    async fn exchange(&mut self, request: &[u8]) -> Result<(ResponseHead, usize, usize), Retry> {
+    /// response head; with `sent`, the request was pipelined already and
+    /// only the head is read. `Retry::Stale` means a reused connection
+    /// failed before any response byte: try again on a new one.
+    async fn exchange(
+        &mut self,
+        request: &[u8],
+        sent: bool,
+    ) -> Result<(ResponseHead, usize, usize), Retry> {
         let reused = self.conn.is_some();
         self.preconnect().await.map_err(Retry::Fail)?;
         let idle = self.config.idle_timeout;
@@ -469,8 +508,6 @@ impl RangeFetcher {
                 "no connection",
             ))));
         };
-        conn.requests += 1;
-        self.stats.requests += 1;
         let stale = |e: io::Error| {
             if reused && is_stale(&e) {
                 Retry::Stale
@@ -478,20 +515,46 @@ impl RangeFetcher {
                 Retry::Fail(FetchError::Io(e))
             }
         };
-        match timeout(idle, conn.stream.write_all(request)).await {
-            Err(_) => return Err(Retry::Fail(FetchError::Timeout(Phase::Head))),
-            Ok(Err(e)) => return Err(stale(e)),
-            Ok(Ok(())) => {}
+        if !sent {
+            conn.requests += 1;
+            self.stats.requests += 1;
+            match timeout(idle, conn.stream.write_all(request)).await {
+                Err(_) => return Err(Retry::Fail(FetchError::Timeout(Phase::Head))),
+                Ok(Err(e)) => return Err(stale(e)),
+                Ok(Ok(())) => {}
+            }
         }
         let mut filled = 0;
         loop {
-            let n = match timeout(idle, conn.stream.read(&mut self.buf[filled..])).await {
+            // A pipelined response is due as soon as the previous body
+            // ended; an origin that lets `pipeline_timeout` pass ignored it.
+            let wait = if sent && filled == 0 {
+                self.config.pipeline_timeout.min(idle)
+            } else {
+                idle
+            };
+            let n = match timeout(wait, conn.stream.read(&mut self.buf[filled..])).await {
+                Err(_) if sent && filled == 0 => {
+                    tracing::debug!(origin = %self.resource.origin, "pipelined request not answered: pipelining off");
+                    self.pipelining = false;
+                    return Err(Retry::Stale);
+                }
                 Err(_) => return Err(Retry::Fail(FetchError::Timeout(Phase::Head))),
-                Ok(Err(e)) if filled == 0 => return Err(stale(e)),
+                Ok(Err(e)) if filled == 0 => {
+                    if sent {
+                        self.pipelining = false;
+                    }
+                    return Err(stale(e));
+                }
                 Ok(Err(e)) => return Err(Retry::Fail(FetchError::Io(e))),
                 Ok(Ok(n)) => n,
             };
             if n == 0 {
+                if sent && filled == 0 {
+                    // Closed after the previous response: this origin does
+                    // not answer pipelined requests.
+                    self.pipelining = false;
+                }
                 return Err(if filled == 0 && reused {
                     Retry::Stale
                 } else {
@@ -667,6 +730,55 @@ impl PieceBody<'_> {
     /// Body bytes handed out so far.
     pub fn received(&self) -> u64 {
         self.next - self.range.start
+    }
+
+    /// Sends the Range request for `range` now, on this body's connection
+    /// (HTTP/1.1 pipelining): its response follows this body, and the next
+    /// [`RangeFetcher::fetch`] of exactly `range` only reads it. Returns
+    /// `Ok(false)` when nothing was sent: pipelining is off for this origin,
+    /// the connection will not be kept after this body, or a request is
+    /// already pipelined. A failed write makes the connection unusable
+    /// after this body (the next fetch reconnects) and also returns
+    /// `Ok(false)`; the body itself reports whatever broke. Errors:
+    /// [`FetchError::BadRange`], [`FetchError::Request`].
+    pub async fn pipeline(&mut self, range: Range<u64>) -> Result<bool, FetchError> {
+        let f = &mut *self.fetcher;
+        let total = f.resource.total_len;
+        if range.start >= range.end || range.end > total {
+            return Err(FetchError::BadRange {
+                start: range.start,
+                end: range.end,
+                total,
+            });
+        }
+        if !f.pipelining {
+            return Ok(false);
+        }
+        let Some(conn) = f.conn.as_mut() else {
+            return Ok(false);
+        };
+        if !conn.reusable || conn.pipelined.is_some() {
+            return Ok(false);
+        }
+        let request = range_request(
+            &f.resource.request,
+            range.clone(),
+            &f.resource.validator,
+            &f.resource.host,
+        )?;
+        conn.requests += 1;
+        f.stats.requests += 1;
+        match timeout(f.config.idle_timeout, conn.stream.write_all(&request)).await {
+            Ok(Ok(())) => {
+                conn.pipelined = Some(range);
+                Ok(true)
+            }
+            Ok(Err(_)) | Err(_) => {
+                // Maybe half a request went out: never reuse.
+                conn.reusable = false;
+                Ok(false)
+            }
+        }
     }
 
     /// The next chunk as `(offset in the resource, bytes)`, or `None` when
