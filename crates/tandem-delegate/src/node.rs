@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use crate::limit::RateLimiter;
 use crate::relay::{RelayCmd, spawn_relay, sub_neighbours};
-use crate::worker::{CancelSet, LANES, PieceJob, WorkerLimits, run_worker};
+use crate::worker::{CancelSet, PIECES_IN_FLIGHT, PieceJob, WorkerLimits, run_worker};
 
 /// A neighbour router.
 #[derive(Debug, Clone)]
@@ -498,8 +498,9 @@ impl Served {
                         };
                         let limits = self.node.inner.limits.clone();
                         // Every source (own uplink, each sub-delegate)
-                        // fetches over LANES connections.
-                        let parallel = u16::try_from(LANES * (1 + subs.len())).unwrap_or(u16::MAX);
+                        // keeps PIECES_IN_FLIGHT pieces in flight.
+                        let parallel =
+                            u16::try_from(PIECES_IN_FLIGHT * (1 + subs.len())).unwrap_or(u16::MAX);
                         let served = if subs.is_empty() {
                             let (jobs, jobs_rx) = mpsc::unbounded_channel();
                             let cancelled = CancelSet::default();

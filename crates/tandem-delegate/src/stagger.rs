@@ -1,18 +1,22 @@
-//! When a fetch lane may send its next request.
+//! When a worker sends its next request.
 //!
-//! A worker fetches over [`LANES`](crate::worker::LANES) keep-alive
-//! connections so that one piece's request round trip overlaps another
-//! piece's body. If every free lane sent its request at once, the lanes would
-//! share the uplink, finish their (equal-sized) pieces together, and then all
-//! wait one round trip for their next bodies: measured in the namespace lab,
-//! the two lanes of a source stayed synchronised for whole downloads and the
-//! uplink idled ~20 ms every ~0.45 s. So a lane with a piece waits until the
-//! lanes already streaming are about one request round trip from their end
-//! (their remaining bytes at the measured rate), then sends its request: its
-//! body starts as the other ends, and the lanes alternate.
+//! A worker ([`crate::worker`]) fetches its pieces over one keep-alive
+//! connection and pipelines the next piece's request behind the body that
+//! is streaming. The request goes out when the streaming body is about one
+//! request round trip from its end (its remaining bytes at the measured
+//! rate): early enough that the next response follows without a gap, late
+//! enough that a piece cancelled meanwhile (endgame, stall reassignment)
+//! has not been requested yet — a pipelined request cannot be taken back
+//! without closing the connection.
 //!
-//! Sans-IO: the worker passes `now`; [`Stagger::wait_hint`] says how long to
-//! sleep before asking again.
+//! The schedule keeps two slots, the streaming response and the request
+//! behind it, which swap roles at every piece. (Before pipelining the two
+//! slots were two connections taking turns; the same rule kept them from
+//! streaming at once, which measured in the namespace lab idled the uplink
+//! ~20 ms every ~0.45 s.)
+//!
+//! Sans-IO: the worker passes `now` and asks again at every chunk it
+//! receives.
 
 use std::time::Duration;
 
@@ -34,15 +38,18 @@ const STALE: Duration = Duration::from_millis(250);
 const LEAD_RTTS: f64 = 1.25;
 /// Added to the lead.
 const LEAD_MARGIN: Duration = Duration::from_millis(5);
-/// Longest sleep between two checks.
+/// The wait reported while a request is unanswered or the rate unknown.
 const MAX_WAIT: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Lane {
     Idle,
-    /// Request sent at `since`, no body byte yet.
+    /// Request sent at `since`, no body byte yet; `sample`: its response
+    /// head time is a round-trip sample (not when it waited behind another
+    /// response).
     Requested {
         since: Instant,
+        sample: bool,
     },
     /// Body streaming: `remaining` bytes to go, last byte at `progress`.
     Streaming {
@@ -93,7 +100,7 @@ impl Stagger {
             }
             let wait = match *l {
                 Lane::Idle => continue,
-                Lane::Requested { since } => {
+                Lane::Requested { since, .. } => {
                     if now.saturating_duration_since(since) >= STALE {
                         continue;
                     }
@@ -126,17 +133,25 @@ impl Stagger {
         self.blocked_for(lane, now).is_none()
     }
 
-    /// How long to sleep before asking [`Stagger::may_start`] again.
-    pub(crate) fn wait_hint(&self, lane: usize, now: Instant) -> Duration {
-        self.blocked_for(lane, now)
-            .unwrap_or(Duration::ZERO)
-            .clamp(Duration::from_millis(1), MAX_WAIT)
-    }
-
     /// Lane `lane` sent its request.
     pub(crate) fn requested(&mut self, lane: usize, now: Instant) {
         if let Some(l) = self.lanes.get_mut(lane) {
-            *l = Lane::Requested { since: now };
+            *l = Lane::Requested {
+                since: now,
+                sample: true,
+            };
+        }
+    }
+
+    /// Lane `lane` sent its request behind another lane's response on the
+    /// same connection: its head waits for that body, so its timing is no
+    /// round-trip sample (it would only grow the lead, which grows it).
+    pub(crate) fn requested_behind(&mut self, lane: usize, now: Instant) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            *l = Lane::Requested {
+                since: now,
+                sample: false,
+            };
         }
     }
 
@@ -145,7 +160,11 @@ impl Stagger {
         let Some(l) = self.lanes.get_mut(lane) else {
             return;
         };
-        if let Lane::Requested { since } = *l {
+        if let Lane::Requested {
+            since,
+            sample: true,
+        } = *l
+        {
             let sample = now.saturating_duration_since(since);
             self.rtt = Some(match self.rtt {
                 None => sample,
@@ -234,14 +253,27 @@ mod tests {
         // 1 MB at 2.5 MB/s: 0.4 s; the lead is 1.25 x 20 ms + 5 ms = 30 ms.
         stream(&mut s, 0, &mut t, 500_000, 2_500_000);
         assert!(!s.may_start(1, t));
-        let hint = s.wait_hint(1, t);
-        assert!(hint > ms(1) && hint <= MAX_WAIT, "{hint:?}");
         stream(&mut s, 0, &mut t, 400_000, 2_500_000);
         // 100 kB left: 40 ms at the rate: not yet.
         assert!(!s.may_start(1, t), "{s:?}");
         stream(&mut s, 0, &mut t, 50_000, 2_500_000);
         // 50 kB left: 20 ms, within the lead.
         assert!(s.may_start(1, t), "{s:?}");
+    }
+
+    #[test]
+    fn a_request_behind_another_response_is_no_rtt_sample() {
+        let mut s = Stagger::new(2);
+        let mut t = Instant::now();
+        s.requested(0, t);
+        t += ms(20);
+        s.streaming(0, t, 100_000);
+        assert_eq!(s.rtt, Some(ms(20)));
+        s.requested_behind(1, t);
+        stream(&mut s, 0, &mut t, 100_000, 2_500_000);
+        s.idle(0);
+        s.streaming(1, t, 100_000);
+        assert_eq!(s.rtt, Some(ms(20)), "the 40 ms wait is not a round trip");
     }
 
     #[test]

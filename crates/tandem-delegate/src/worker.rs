@@ -1,9 +1,18 @@
-//! The piece fetch worker: fetches the pieces of one session over
-//! [`LANES`] keep-alive connections to the origin (each lane takes the next
-//! queued piece when it is free and sends its request about one round trip
-//! before the streaming lane's body ends — [`crate::stagger`] — so one
-//! piece's request round trip overlaps another piece's body), and streams them as peer messages (`PieceData` chunks of at most
+//! The piece fetch worker: fetches the pieces of one session, in the order
+//! they are queued, over one keep-alive connection to the origin, and
+//! streams them as peer messages (`PieceData` chunks of at most
 //! [`MAX_CHUNK`] bytes, then `PieceEnd` or `PieceError`).
+//!
+//! While a body streams, the next queued piece's request is pipelined on
+//! the same connection about one request round trip before the body ends
+//! ([`crate::stagger`]), so its response follows without a gap, on a
+//! connection whose congestion window is already open. Two connections
+//! taking turns (the design before) hid the request round trip too, but
+//! each piece then started on a connection that had been idle for a
+//! piece's time, and the second connection's first piece ramped up behind
+//! the first's queue (docs/benchmarks.md, session 4). An origin that does
+//! not answer pipelined requests costs one request round trip per piece
+//! (the fetcher stops pipelining to it).
 //!
 //! Used on both sides: a neighbour serving a session streams the messages
 //! to the requester's connection; router A's own fetcher streams them into
@@ -16,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tandem_fetch::{FetchError, FetchErrorClass, RangeFetcher};
 use tandem_peer::{MAX_CHUNK, Message, PieceErrorKind, PieceId, SessionKey};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::limit::RateLimiter;
@@ -87,178 +96,65 @@ fn detail(e: &impl std::fmt::Display) -> String {
     s
 }
 
-/// Connections per worker. With one, every piece costs its source a request
-/// round trip of idle uplink (measured in the namespace lab: ~18 of 20
-/// Mbit/s per source at 250 ms pieces and a 20 ms RTT); two hide it, as long
-/// as the planner keeps at least two pieces outstanding per source.
-pub(crate) const LANES: usize = 2;
+/// Pieces a worker keeps in flight: the one streaming and the one
+/// requested behind it. The planner keeps this many outstanding per source.
+pub(crate) const PIECES_IN_FLIGHT: usize = 2;
+
+/// The piece after the current one, taken from the queue while the current
+/// body streamed.
+struct Next {
+    job: PieceJob,
+    permit: Option<OwnedSemaphorePermit>,
+    /// Its request is already on the connection (pipelined).
+    sent: bool,
+}
 
 /// Runs until `jobs` is closed or `out` is dropped.
 pub(crate) async fn run_worker(
+    session: SessionKey,
+    mut fetcher: RangeFetcher,
+    jobs: mpsc::UnboundedReceiver<PieceJob>,
+    cancelled: CancelSet,
+    out: mpsc::Sender<Message>,
+    limits: WorkerLimits,
+) {
+    // Connect while waiting for the start: the first request then costs
+    // one round trip. A failure here is retried by the fetch itself.
+    let start = async {
+        if let Some(t) = limits.start_at {
+            tokio::time::sleep_until(t).await;
+        }
+    };
+    let (connected, ()) = tokio::join!(fetcher.preconnect(), start);
+    if let Err(e) = connected {
+        tracing::debug!(%session, error = %e, "preconnect failed");
+    }
+    let mut w = Worker {
+        session,
+        fetcher,
+        jobs,
+        cancelled,
+        out,
+        limits,
+        stagger: Stagger::new(2),
+        slot: 0,
+        next: None,
+    };
+    w.run().await;
+}
+
+struct Worker {
     session: SessionKey,
     fetcher: RangeFetcher,
     jobs: mpsc::UnboundedReceiver<PieceJob>,
     cancelled: CancelSet,
     out: mpsc::Sender<Message>,
     limits: WorkerLimits,
-) {
-    if let Some(t) = limits.start_at {
-        tokio::time::sleep_until(t).await;
-    }
-    let jobs = tokio::sync::Mutex::new(jobs);
-    let mut fetchers: Vec<RangeFetcher> =
-        (1..LANES).map(|_| fetcher.another_connection()).collect();
-    fetchers.push(fetcher);
-    let gate = Gate {
-        stagger: Mutex::new(Stagger::new(LANES)),
-        changed: Notify::new(),
-    };
-    let ctx = LaneCtx {
-        session,
-        jobs: &jobs,
-        cancelled: &cancelled,
-        out: &out,
-        limits: &limits,
-        gate: &gate,
-    };
-    let lanes = fetchers
-        .into_iter()
-        .enumerate()
-        .map(|(i, f)| run_lane(i, f, ctx));
-    futures_join_all(lanes).await;
-}
-
-/// Polls every lane to completion on the current task.
-async fn futures_join_all<F: std::future::Future<Output = ()>>(lanes: impl Iterator<Item = F>) {
-    let mut lanes: Vec<std::pin::Pin<Box<F>>> = lanes.map(Box::pin).collect();
-    std::future::poll_fn(|cx| {
-        lanes.retain_mut(|l| l.as_mut().poll(cx).is_pending());
-        if lanes.is_empty() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-}
-
-/// The lanes' shared schedule (see [`crate::stagger`]).
-struct Gate {
-    stagger: Mutex<Stagger>,
-    /// Signalled when a lane goes idle or starts streaming.
-    changed: Notify,
-}
-
-impl Gate {
-    fn with<R>(&self, f: impl FnOnce(&mut Stagger) -> R) -> R {
-        f(&mut self.stagger.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// Waits until lane `lane` may send its request, then marks it sent.
-    async fn take_turn(&self, lane: usize) {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let now = Instant::now();
-            let wait = self.with(|s| {
-                if s.may_start(lane, now) {
-                    s.requested(lane, now);
-                    None
-                } else {
-                    Some(s.wait_hint(lane, now))
-                }
-            });
-            let Some(wait) = wait else {
-                return;
-            };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = &mut changed => {}
-            }
-        }
-    }
-
-    fn idle(&self, lane: usize) {
-        self.with(|s| s.idle(lane));
-        self.changed.notify_waiters();
-    }
-}
-
-/// What every lane of a worker shares.
-#[derive(Clone, Copy)]
-struct LaneCtx<'a> {
-    session: SessionKey,
-    jobs: &'a tokio::sync::Mutex<mpsc::UnboundedReceiver<PieceJob>>,
-    cancelled: &'a CancelSet,
-    out: &'a mpsc::Sender<Message>,
-    limits: &'a WorkerLimits,
-    gate: &'a Gate,
-}
-
-/// One connection's loop: takes the next job when free, and sends its
-/// request when the schedule says (see [`crate::stagger`]).
-async fn run_lane(lane: usize, mut fetcher: RangeFetcher, ctx: LaneCtx<'_>) {
-    let LaneCtx {
-        session,
-        jobs,
-        cancelled,
-        out,
-        limits,
-        gate,
-    } = ctx;
-    if lane > 0 {
-        // Waiting lanes connect now: their first request then costs one
-        // round trip, inside the lead the schedule gives it. A failure here
-        // is retried by the fetch itself.
-        if let Err(e) = fetcher.preconnect().await {
-            tracing::debug!(%session, lane, error = %e, "preconnect failed");
-        }
-    }
-    loop {
-        let Some(job) = jobs.lock().await.recv().await else {
-            return;
-        };
-        let piece = job.piece;
-        let error = |kind, detail| Message::PieceError {
-            session,
-            piece,
-            kind,
-            detail,
-        };
-        if cancelled.take(piece) {
-            if out
-                .send(error(PieceErrorKind::Cancelled, String::new()))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            continue;
-        }
-        let _permit = match &limits.pieces {
-            Some(sem) => match sem.clone().acquire_owned().await {
-                Ok(p) => Some(p),
-                Err(_) => return,
-            },
-            None => None,
-        };
-        gate.take_turn(lane).await;
-        let result = fetch_piece(lane, &mut fetcher, &job, ctx).await;
-        gate.idle(lane);
-        let msg = match result {
-            Ok(Outcome::Done) => Message::PieceEnd { session, piece },
-            Ok(Outcome::Cancelled) => error(PieceErrorKind::Cancelled, String::new()),
-            Ok(Outcome::Closed) => return,
-            Err(e) => {
-                tracing::debug!(%session, piece, error = %e, "piece fetch failed");
-                error(piece_error_kind(&e), detail(&e))
-            }
-        };
-        if out.send(msg).await.is_err() {
-            return;
-        }
-    }
+    /// The schedule of the streaming response and the request behind it.
+    stagger: Stagger,
+    /// The stagger slot of the current piece (the next one uses the other).
+    slot: usize,
+    next: Option<Next>,
 }
 
 enum Outcome {
@@ -268,45 +164,133 @@ enum Outcome {
     Closed,
 }
 
-async fn fetch_piece(
-    lane: usize,
-    fetcher: &mut RangeFetcher,
-    job: &PieceJob,
-    ctx: LaneCtx<'_>,
-) -> Result<Outcome, FetchError> {
-    let LaneCtx {
-        session,
-        cancelled,
-        out,
-        limits,
-        gate,
-        ..
-    } = ctx;
-    let mut body = fetcher.fetch(job.range.clone()).await?;
-    let len = job.range.end - job.range.start;
-    gate.with(|s| s.streaming(lane, Instant::now(), len));
-    gate.changed.notify_waiters();
-    while let Some((offset, chunk)) = body.next_chunk().await? {
-        gate.with(|s| s.progress(lane, Instant::now(), chunk.len() as u64));
-        let mut off = offset;
-        for part in chunk.chunks(MAX_CHUNK) {
-            if let Some(rate) = &limits.rate {
-                rate.acquire(part.len()).await;
-            }
-            let msg = Message::PieceData {
-                session,
-                piece: job.piece,
-                offset: off,
-                bytes: Bytes::copy_from_slice(part),
+impl Worker {
+    async fn run(&mut self) {
+        let session = self.session;
+        loop {
+            let cur = match self.next.take() {
+                Some(n) => n,
+                None => {
+                    let Some(job) = self.jobs.recv().await else {
+                        return;
+                    };
+                    Next {
+                        job,
+                        permit: None,
+                        sent: false,
+                    }
+                }
             };
-            if out.send(msg).await.is_err() {
-                return Ok(Outcome::Closed);
+            let piece = cur.job.piece;
+            let error = |kind, detail| Message::PieceError {
+                session,
+                piece,
+                kind,
+                detail,
+            };
+            if self.cancelled.take(piece) {
+                // A pipelined request for it makes the next fetch reconnect
+                // (its response must not be taken for another range's).
+                self.stagger.idle(self.slot);
+                self.slot ^= 1;
+                if self
+                    .out
+                    .send(error(PieceErrorKind::Cancelled, String::new()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
             }
-            off += part.len() as u64;
-        }
-        if cancelled.take(job.piece) {
-            return Ok(Outcome::Cancelled);
+            let _permit = match (cur.permit, &self.limits.pieces) {
+                (Some(p), _) => Some(p),
+                (None, Some(sem)) => match sem.clone().acquire_owned().await {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                },
+                (None, None) => None,
+            };
+            if !cur.sent {
+                self.stagger.requested(self.slot, Instant::now());
+            }
+            let result = self.fetch_piece(&cur.job).await;
+            self.stagger.idle(self.slot);
+            self.slot ^= 1;
+            let msg = match result {
+                Ok(Outcome::Done) => Message::PieceEnd { session, piece },
+                Ok(Outcome::Cancelled) => error(PieceErrorKind::Cancelled, String::new()),
+                Ok(Outcome::Closed) => return,
+                Err(e) => {
+                    tracing::debug!(%session, piece, error = %e, "piece fetch failed");
+                    error(piece_error_kind(&e), detail(&e))
+                }
+            };
+            if self.out.send(msg).await.is_err() {
+                return;
+            }
         }
     }
-    Ok(Outcome::Done)
+
+    async fn fetch_piece(&mut self, job: &PieceJob) -> Result<Outcome, FetchError> {
+        let Worker {
+            session,
+            fetcher,
+            jobs,
+            cancelled,
+            out,
+            limits,
+            stagger,
+            slot,
+            next,
+        } = self;
+        let (session, slot) = (*session, *slot);
+        let mut body = fetcher.fetch(job.range.clone()).await?;
+        let len = job.range.end - job.range.start;
+        stagger.streaming(slot, Instant::now(), len);
+        while let Some((offset, chunk)) = body.next_chunk().await? {
+            let now = Instant::now();
+            stagger.progress(slot, now, chunk.len() as u64);
+            let mut off = offset;
+            for part in chunk.chunks(MAX_CHUNK) {
+                if let Some(rate) = &limits.rate {
+                    rate.acquire(part.len()).await;
+                }
+                let msg = Message::PieceData {
+                    session,
+                    piece: job.piece,
+                    offset: off,
+                    bytes: Bytes::copy_from_slice(part),
+                };
+                if out.send(msg).await.is_err() {
+                    return Ok(Outcome::Closed);
+                }
+                off += part.len() as u64;
+            }
+            if cancelled.take(job.piece) {
+                return Ok(Outcome::Cancelled);
+            }
+            if next.is_none() && stagger.may_start(slot ^ 1, now) {
+                // A neighbour serving several sessions caps the pieces in
+                // flight: without a permit the next piece waits for this one.
+                let permit = match &limits.pieces {
+                    Some(sem) => match sem.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => continue,
+                    },
+                    None => None,
+                };
+                let Ok(job) = jobs.try_recv() else {
+                    continue;
+                };
+                // A bad range is reported by the piece's own fetch.
+                let sent = body.pipeline(job.range.clone()).await.unwrap_or(false);
+                if sent {
+                    stagger.requested_behind(slot ^ 1, now);
+                }
+                *next = Some(Next { job, permit, sent });
+            }
+        }
+        Ok(Outcome::Done)
+    }
 }
