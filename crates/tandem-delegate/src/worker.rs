@@ -141,6 +141,14 @@ pub(crate) async fn run_worker(
         next: None,
     };
     w.run().await;
+    let stats = w.fetcher.stats();
+    tracing::debug!(
+        %session,
+        connections = stats.connections,
+        requests = stats.requests,
+        pipelined = stats.pipelined,
+        "fetch worker done"
+    );
 }
 
 struct Worker {
@@ -292,5 +300,122 @@ impl Worker {
             }
         }
         Ok(Outcome::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tandem_fetch::{FetchConfig, OriginFiles, Resource, TargetPolicy, serve_origin};
+    use tandem_http::{Parse, RequestHead, ResponseHead};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// tandem's origin behind a proxy that counts connections.
+    async fn counted_origin(data: Vec<u8>) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let files = OriginFiles::memory().with_rate_limit(Some(8_000_000));
+        files.insert("/f.bin", data);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = listener.local_addr().unwrap();
+        tokio::spawn(serve_origin(listener, files));
+        let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = proxy.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counter = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = proxy.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut o = TcpStream::connect(origin).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut o).await;
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    async fn resource(addr: std::net::SocketAddr) -> Resource {
+        let raw = "GET /f.bin HTTP/1.1\r\nHost: o\r\nRange: bytes=0-0\r\nConnection: close\r\n\r\n";
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let Ok(Parse::Complete { head, .. }) = ResponseHead::parse(&buf) else {
+            panic!("no response head");
+        };
+        let total = tandem_http::ContentRange::parse(head.headers.get("content-range").unwrap())
+            .unwrap()
+            .complete_len
+            .unwrap();
+        let req = "GET /f.bin HTTP/1.1\r\nHost: o\r\n\r\n";
+        let Ok(Parse::Complete { head: request, .. }) = RequestHead::parse(req.as_bytes()) else {
+            panic!("bad request");
+        };
+        Resource {
+            origin: addr,
+            host: "o".into(),
+            request,
+            validator: head.validator().unwrap(),
+            total_len: total,
+        }
+    }
+
+    #[tokio::test]
+    async fn pieces_follow_each_other_on_one_connection() {
+        let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (addr, conns) = counted_origin(data.clone()).await;
+        let res = resource(addr).await;
+        let before = conns.load(Ordering::SeqCst);
+        let cfg = FetchConfig {
+            policy: TargetPolicy {
+                allow_loopback: true,
+                allowed_ports: vec![addr.port()],
+                ..TargetPolicy::default()
+            },
+            ..FetchConfig::default()
+        };
+        let fetcher = RangeFetcher::new(res, cfg).unwrap();
+        let (jobs, jobs_rx) = mpsc::unbounded_channel();
+        let (out, mut out_rx) = mpsc::channel(64);
+        let session = SessionKey::random();
+        let worker = tokio::spawn(run_worker(
+            session,
+            fetcher,
+            jobs_rx,
+            CancelSet::default(),
+            out,
+            WorkerLimits::default(),
+        ));
+        // Out of order and of different sizes, all queued at once.
+        let ranges = [
+            (1, 400_000..600_000u64),
+            (2, 0..1),
+            (3, 1..150_000),
+            (4, 999_999..1_000_000),
+            (5, 600_000..999_999),
+            (6, 150_000..400_000),
+        ];
+        for (piece, range) in ranges.iter().cloned() {
+            jobs.send(PieceJob { piece, range }).unwrap();
+        }
+        drop(jobs);
+        let mut got = vec![0u8; data.len()];
+        let mut ends = Vec::new();
+        while let Some(m) = out_rx.recv().await {
+            match m {
+                Message::PieceData { offset, bytes, .. } => {
+                    got[offset as usize..offset as usize + bytes.len()].copy_from_slice(&bytes);
+                }
+                Message::PieceEnd { piece, .. } => ends.push(piece),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        worker.await.unwrap();
+        assert_eq!(ends, vec![1, 2, 3, 4, 5, 6], "pieces end in queue order");
+        assert!(got == data, "bytes differ");
+        assert_eq!(conns.load(Ordering::SeqCst) - before, 1, "one connection");
     }
 }

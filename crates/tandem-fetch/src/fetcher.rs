@@ -273,6 +273,8 @@ pub struct FetchStats {
     pub connections: u64,
     /// Range requests sent (including a retry after a stale keep-alive).
     pub requests: u64,
+    /// Of those, requests pipelined behind a streaming body.
+    pub pipelined: u64,
     /// Body bytes handed to the caller.
     pub body_bytes: u64,
 }
@@ -770,6 +772,7 @@ impl PieceBody<'_> {
         f.stats.requests += 1;
         match timeout(f.config.idle_timeout, conn.stream.write_all(&request)).await {
             Ok(Ok(())) => {
+                f.stats.pipelined += 1;
                 conn.pipelined = Some(range);
                 Ok(true)
             }

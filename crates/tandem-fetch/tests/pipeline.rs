@@ -77,6 +77,7 @@ async fn pipelined_pieces_share_one_connection_with_tandems_origin() {
     let stats = f.stats();
     assert_eq!(stats.connections, 1);
     assert_eq!(stats.requests, ranges.len() as u64);
+    assert_eq!(stats.pipelined, ranges.len() as u64 - 1);
     assert!(f.pipelining());
 }
 
