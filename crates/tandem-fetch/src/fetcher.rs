@@ -363,7 +363,7 @@ impl RangeFetcher {
 
     /// Opens the connection now if there is none, so that the next
     /// [`fetch`](Self::fetch) costs one request round trip instead of two
-    /// (a worker pre-connects the lanes that wait for their turn). If the
+    /// (a worker connects while it waits for its first piece). If the
     /// origin closes it before the next fetch, that fetch retries once on a
     /// new connection, as for any idle keep-alive connection.
     pub async fn preconnect(&mut self) -> Result<(), FetchError> {
