@@ -76,6 +76,12 @@ pub struct SimConfig {
     pub dup: f64,
     /// One-way delay of each hop.
     pub delay: Duration,
+    /// Each packet's delay varies by up to a quarter of `delay` (which
+    /// reorders back-to-back packets); `false` keeps every hop FIFO.
+    pub jitter: bool,
+    /// Serialization rate of the router -> client link in bytes per second
+    /// (a FIFO: packets leave one after another); `None`: infinitely fast.
+    pub client_link_rate: Option<u64>,
     /// Size of the pieces the harness pushes.
     pub piece: usize,
     /// Pieces arrive over this spread (shuffled within it).
@@ -90,7 +96,25 @@ pub struct SimConfig {
     /// `engine.progress_step`). Without those events the download cannot
     /// finish.
     pub pace_window: Option<u64>,
+    /// Delay spikes of the client's packets on their way into the router's
+    /// queue (the NFQUEUE of a loaded router): see [`AckSpike`].
+    pub ack_spikes: Vec<AckSpike>,
     pub engine: EngineConfig,
+}
+
+/// A delay spike of the client -> router path, as a loaded router's queue
+/// produces it: every client packet that reaches the queue within
+/// `[start, start + len)` (virtual time after `Event::CutDone`) waits
+/// `extra` longer, and the queue stays FIFO (a packet that arrives later
+/// waits behind the delayed ones). Nothing is lost.
+#[derive(Debug, Clone, Copy)]
+pub struct AckSpike {
+    /// Start of the spike, after the cut was done.
+    pub start: Duration,
+    /// How long packets keep arriving into the spike.
+    pub len: Duration,
+    /// Extra delay of each packet that arrives within it.
+    pub extra: Duration,
 }
 
 impl Default for SimConfig {
@@ -108,11 +132,14 @@ impl Default for SimConfig {
             reorder: 0.0,
             dup: 0.0,
             delay: Duration::from_millis(2),
+            jitter: true,
+            client_link_rate: None,
             piece: 16 * 1024,
             piece_jitter: Duration::from_millis(20),
             withhold: None,
             limit: Duration::from_secs(900),
             pace_window: None,
+            ack_spikes: Vec::new(),
             engine: EngineConfig::default(),
         }
     }
@@ -145,6 +172,15 @@ pub struct SimReport {
     pub origin_body_end: u64,
     /// `delivered` of every `Event::Progress`, in order.
     pub progress: Vec<u64>,
+    /// Data segments the engine injected towards the client.
+    pub data_segments: u64,
+    /// Of those, segments starting below the highest byte injected before
+    /// (retransmissions, whatever the reason).
+    pub retransmitted_segments: u64,
+    /// Client packets that went through an ACK delay spike.
+    pub spiked_packets: u64,
+    /// The engine's counters at the end of the run.
+    pub stats: Option<tandem_splice::EngineStats>,
 }
 
 #[derive(PartialEq, Eq)]
@@ -513,13 +549,51 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let delay_us = cfg.delay.as_micros() as u64;
     let limit_us = cfg.limit.as_micros() as u64;
 
+    let mut cut_done_at: Option<u64> = None;
+    let mut queue_tail: u64 = 0;
+    let mut client_link_free: u64 = 0;
+    let mut max_injected_end: Option<i64> = None;
+
     macro_rules! send_on_link {
         ($to:expr, $data:expr) => {{
             let data: Vec<u8> = $data;
             if !rng.random_bool(cfg.loss) {
-                let mut at = t + delay_us + rng.random_range(0..=delay_us / 4);
+                let jitter = rng.random_range(0..=delay_us / 4);
+                let mut at = t + delay_us + if cfg.jitter { jitter } else { 0 };
                 if rng.random_bool(cfg.reorder) {
                     at += rng.random_range(delay_us..=delay_us * 3);
+                }
+                if let (Hop::ToClient, Some(rate)) = ($to, cfg.client_link_rate) {
+                    // Serialization on the LAN link: one packet after the other.
+                    let tx_us = (data.len() as u64 * 1_000_000).div_ceil(rate.max(1));
+                    let leaves = (t.max(client_link_free)) + tx_us;
+                    client_link_free = leaves;
+                    at = at.max(leaves + delay_us);
+                }
+                if $to == Hop::EngineFromClient {
+                    if let Some(c) = cut_done_at {
+                        let spiked = cfg.ack_spikes.iter().any(|s| {
+                            let from = c + s.start.as_micros() as u64;
+                            at >= from && at < from + s.len.as_micros() as u64
+                        });
+                        if spiked {
+                            let extra = cfg
+                                .ack_spikes
+                                .iter()
+                                .find(|s| {
+                                    let from = c + s.start.as_micros() as u64;
+                                    at >= from && at < from + s.len.as_micros() as u64
+                                })
+                                .map_or(0, |s| s.extra.as_micros() as u64);
+                            at += extra;
+                            report.spiked_packets += 1;
+                        }
+                        // The queue is FIFO: nothing overtakes a delayed packet.
+                        if spiked || at < queue_tail {
+                            at = at.max(queue_tail);
+                            queue_tail = at;
+                        }
+                    }
                 }
                 if rng.random_bool(cfg.dup) {
                     order += 1;
@@ -653,7 +727,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                     list.sort_by_key(|p| p.0);
                     pieces = list;
                 }
-                Event::CutDone { .. } => report.cut_done = true,
+                Event::CutDone { .. } => {
+                    report.cut_done = true;
+                    cut_done_at = Some(t);
+                }
                 Event::Progress { flow: f, delivered } => {
                     assert_eq!(Some(f), flow, "progress of an unknown flow");
                     report.progress.push(delivered);
@@ -723,6 +800,21 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             match tr.to {
                 Destination::ToClient => {
                     monitor.check(&tx_buf, true);
+                    if let Some(isn) = origin_isn {
+                        let meta = parse_ip_tcp(&tx_buf).unwrap();
+                        let tcp =
+                            TcpPacket::new_checked(&tx_buf[meta.tcp_offset..meta.ip_len]).unwrap();
+                        let len = tcp.payload().len() as i64;
+                        if len > 0 {
+                            let start = i64::from(tcp.seq().delta(isn));
+                            report.data_segments += 1;
+                            if max_injected_end.is_some_and(|m| start < m) {
+                                report.retransmitted_segments += 1;
+                            }
+                            max_injected_end =
+                                Some(max_injected_end.map_or(start + len, |m| m.max(start + len)));
+                        }
+                    }
                     // Never a byte the engine was not given: nothing injected
                     // inside the withheld piece.
                     if let (Some(w), Some(isn)) = (withheld_at, origin_isn) {
@@ -896,6 +988,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         .state()
         .to_string();
     report.virtual_time = Duration::from_micros(t);
+    report.stats = Some(engine.stats());
     report
 }
 
