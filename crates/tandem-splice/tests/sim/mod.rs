@@ -99,6 +99,9 @@ pub struct SimConfig {
     /// Delay spikes of the client's packets on their way into the router's
     /// queue (the NFQUEUE of a loaded router): see [`AckSpike`].
     pub ack_spikes: Vec<AckSpike>,
+    /// Deterministic losses: at each `(time after the cut, n)`, the next
+    /// `n` data segments the engine injects towards the client are lost.
+    pub drop_injected: Vec<(Duration, u32)>,
     pub engine: EngineConfig,
 }
 
@@ -140,6 +143,7 @@ impl Default for SimConfig {
             limit: Duration::from_secs(900),
             pace_window: None,
             ack_spikes: Vec::new(),
+            drop_injected: Vec::new(),
             engine: EngineConfig::default(),
         }
     }
@@ -181,6 +185,12 @@ pub struct SimReport {
     pub spiked_packets: u64,
     /// The engine's counters at the end of the run.
     pub stats: Option<tandem_splice::EngineStats>,
+    /// Injected data segments lost by `drop_injected`.
+    pub dropped_injected: u64,
+    /// The flow's RTO right after each timeout the engine found spurious.
+    pub rto_after_spurious: Vec<Duration>,
+    /// The flow's largest RTO (backoff included) over the run.
+    pub max_rto: Duration,
 }
 
 #[derive(PartialEq, Eq)]
@@ -552,6 +562,13 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let mut cut_done_at: Option<u64> = None;
     let mut queue_tail: u64 = 0;
     let mut client_link_free: u64 = 0;
+    // Pending deterministic losses: (time, segments still to drop).
+    let mut drops: Vec<(u64, u32)> = cfg
+        .drop_injected
+        .iter()
+        .map(|(d, n)| (d.as_micros() as u64, *n))
+        .collect();
+    let mut spurious_seen = 0u64;
     let mut max_injected_end: Option<i64> = None;
 
     macro_rules! send_on_link {
@@ -805,7 +822,22 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                         let tcp =
                             TcpPacket::new_checked(&tx_buf[meta.tcp_offset..meta.ip_len]).unwrap();
                         let len = tcp.payload().len() as i64;
+                        let due = cut_done_at
+                            .and_then(|c| drops.iter_mut().find(|(at, n)| *n > 0 && c + *at <= t));
                         if len > 0 {
+                            if let Some(d) = due {
+                                d.1 -= 1;
+                                report.dropped_injected += 1;
+                                report.data_segments += 1;
+                                let start = i64::from(tcp.seq().delta(isn));
+                                if max_injected_end.is_some_and(|m| start < m) {
+                                    report.retransmitted_segments += 1;
+                                }
+                                max_injected_end = Some(
+                                    max_injected_end.map_or(start + len, |m| m.max(start + len)),
+                                );
+                                continue;
+                            }
                             let start = i64::from(tcp.seq().delta(isn));
                             report.data_segments += 1;
                             if max_injected_end.is_some_and(|m| start < m) {
@@ -832,6 +864,16 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                     send_on_link!(Hop::ToClient, tx_buf.clone());
                 }
                 Destination::ToOrigin => send_on_link!(Hop::ToOriginInjected, tx_buf.clone()),
+            }
+        }
+
+        if let Some(info) = flow.and_then(|f| engine.flow_info(f)) {
+            if let Some(rto) = info.rto {
+                report.max_rto = report.max_rto.max(rto);
+                if info.spurious_timeouts > spurious_seen {
+                    spurious_seen = info.spurious_timeouts;
+                    report.rto_after_spurious.push(rto);
+                }
             }
         }
 
