@@ -219,6 +219,10 @@ impl RangeSet {
     pub(crate) fn ranges(&self) -> &[(u64, u64)] {
         &self.0
     }
+    /// End of the highest range.
+    pub(crate) fn highest_end(&self) -> Option<u64> {
+        self.0.last().map(|r| r.1)
+    }
     /// Total bytes covered.
     pub(crate) fn total(&self) -> u64 {
         self.0.iter().map(|r| r.1 - r.0).sum()
@@ -252,6 +256,11 @@ pub(crate) struct Sender {
     dupacks: u32,
     /// In loss recovery until `una` reaches this point.
     recover: Option<u64>,
+    /// `max_sent` at the last retransmission timeout (RFC 6582 `recover`
+    /// after a timeout): duplicate ACKs for data sent before it neither
+    /// start a fast retransmit nor release limited transmit; the
+    /// go-back-N covers it.
+    rto_recover: Option<u64>,
     sack_enabled: bool,
     /// Timestamps are in use (Eifel detection; F-RTO otherwise).
     timestamps: bool,
@@ -313,6 +322,7 @@ impl Sender {
             ssthresh: u64::MAX,
             dupacks: 0,
             recover: None,
+            rto_recover: None,
             sack_enabled: sack,
             timestamps,
             sacked: RangeSet::default(),
@@ -409,6 +419,12 @@ impl Sender {
         self.buf.clear();
         self.rto_deadline = None;
         self.persist_deadline = None;
+    }
+
+    /// No timeout's go-back-N is covering the flight (RFC 6582: after a
+    /// timeout, fast retransmit only once `una` is past `max_sent` of then).
+    fn after_rto_recovery(&self) -> bool {
+        self.rto_recover.is_none_or(|r| self.una > r)
     }
 
     fn in_flight(&self) -> bool {
@@ -509,7 +525,9 @@ impl Sender {
             self.dupacks += 1;
             let sacked_enough = self.sack_enabled && self.sacked.total() >= 3 * self.mss();
             match self.recover {
-                None if self.dupacks >= 3 || (sacked_enough && self.dupacks >= 1) => {
+                None if self.after_rto_recovery()
+                    && (self.dupacks >= 3 || (sacked_enough && self.dupacks >= 1)) =>
+                {
                     let flight = self.max_sent - self.una;
                     self.ssthresh = (flight / 2).max(2 * self.mss());
                     self.cwnd = self.ssthresh + 3 * self.mss();
@@ -544,6 +562,11 @@ impl Sender {
         } else if duplicate {
             self.judge_duplicate();
         }
+        // Whatever moved `nxt` (F-RTO step 2b puts the not-retransmitted
+        // flight back in flight): data in flight always has a timer.
+        if self.in_flight() && self.rto_deadline.is_none() {
+            self.restart_rto(now);
+        }
         out
     }
 
@@ -551,7 +574,11 @@ impl Sender {
     /// bytes (RFC 3522 / RFC 5682). Returns whether the timeout was found
     /// spurious (and undone).
     fn judge_new_ack(&mut self, now: Instant, a: &Ack<'_>, acked: u64) -> bool {
-        let new_data = self.max_sent < self.available() && self.max_sent < self.wnd_edge;
+        // F-RTO needs a new segment to go out now: a full one, or the rest
+        // of the data held (the silly-window rule holds back a runt).
+        let new_end = self.available().min(self.wnd_edge);
+        let new_data = new_end > self.max_sent
+            && (new_end - self.max_sent >= self.mss() || self.available() <= self.wnd_edge);
         let Some(ep) = self.episode.as_mut() else {
             return false;
         };
@@ -639,6 +666,7 @@ impl Sender {
         self.cwnd = (flight + acked.min(iw)).max(mss);
         self.ssthresh = ep.pipe_prev.max(2 * mss);
         self.recover = None;
+        self.rto_recover = None;
         self.rtx_budget = 0;
         self.dupacks = 0;
         // The RTT estimator takes the delay that fooled the timer: with
@@ -731,6 +759,7 @@ impl Sender {
                 }
                 self.sacked.clear();
                 self.recover = None;
+                self.rto_recover = Some(self.max_sent);
                 self.rtx_budget = 0;
                 self.dupacks = 0;
                 self.rtt_probe = None;
@@ -842,7 +871,7 @@ impl Sender {
         // Limited transmit (RFC 3042): each of the first two duplicate
         // ACKs lets one new segment out, so that small windows still get
         // the three duplicates fast retransmit needs.
-        let limited = if self.recover.is_none() {
+        let limited = if self.recover.is_none() && self.after_rto_recovery() {
             u64::from(self.dupacks.min(2)) * mss
         } else {
             0
@@ -924,7 +953,16 @@ impl Sender {
 
     fn next_hole(&self, avail: u64, mss: u64) -> Option<Segment> {
         let mut at = self.rtx_next.max(self.una);
-        let end = self.recover.unwrap_or(self.max_sent).min(self.max_sent);
+        let mut end = self.recover.unwrap_or(self.max_sent).min(self.max_sent);
+        if self.sack_enabled {
+            // Only a range the client SACKed data above counts as lost
+            // (RFC 6675 IsLost, simplified): the unSACKed tail of a large
+            // flight is most likely still on its way (retransmitting it
+            // resent the whole window after a single loss). The first
+            // segment always qualifies, so recovery never waits on SACKs.
+            let above = self.sacked.highest_end().unwrap_or(0);
+            end = end.min(above.max(self.una + mss));
+        }
         while let Some((_, e)) = self.sacked.containing(at) {
             at = e;
         }
@@ -1130,6 +1168,344 @@ mod tests {
         }
         assert_eq!(fails, 1);
         assert_eq!(s.retries, 5);
+    }
+
+    // ----- spurious timeouts ------------------------------------------------
+
+    /// Sends everything the sender offers now, each with `tsval`.
+    fn burst(s: &mut Sender, now: Instant, tsval: Option<u32>) -> Vec<Segment> {
+        let mut out = Vec::new();
+        while let Some(seg) = s.next_segment(now, tsval) {
+            s.hole_sent(&seg);
+            out.push(seg);
+            assert_timer_invariant(s);
+        }
+        out
+    }
+
+    /// Data in flight always has a retransmission timer (never a stall).
+    #[track_caller]
+    fn assert_timer_invariant(s: &Sender) {
+        if s.in_flight() {
+            assert!(s.rto_deadline.is_some(), "in flight without a timer: {s:?}");
+        }
+    }
+
+    #[track_caller]
+    fn ack_ts(s: &mut Sender, now: Instant, ack: u64, ts: Option<(u32, u32)>) -> AckOutcome {
+        let o = s.on_ack(
+            now,
+            &Ack {
+                ack,
+                window: 100_000,
+                sacks: &[],
+                pure: true,
+                delivered_elsewhere: 0,
+                ts,
+            },
+        );
+        assert_timer_invariant(s);
+        o
+    }
+
+    /// A sender with 10 ms of RTT history and a flight of 8 segments
+    /// (0..800 acked, 800..1600 in flight, sent at `t1` with TSval 1010).
+    fn warmed_up(timestamps: bool) -> (Sender, Instant, Instant) {
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 0, 1_000_000, 100_000, true, timestamps);
+        s.push_piece(0, &[3; 10_000]).unwrap();
+        let ts = |v: u32| timestamps.then_some(v);
+        assert_eq!(burst(&mut s, t0, ts(1000)).len(), 4);
+        let t1 = t0 + Duration::from_millis(10);
+        for i in 1..=4 {
+            ack_ts(&mut s, t1, i * 100, ts(1000).map(|v| (v, 1010)));
+        }
+        assert_eq!(s.srtt, Some(Duration::from_millis(10)));
+        assert_eq!(s.rto(), Duration::from_millis(200), "min_rto");
+        let sent = burst(&mut s, t1, ts(1010));
+        assert_eq!(sent.len(), 8, "cwnd 8 after slow start: {sent:?}");
+        assert_eq!((s.una(), s.max_sent()), (400, 1200));
+        // The flight of the first ACKs: 400..1200 in flight.
+        (s, t0, t1)
+    }
+
+    #[test]
+    fn eifel_undoes_a_spurious_timeout() {
+        let (mut s, _, t1) = warmed_up(true);
+        // The client's ACKs wait 300 ms in the router's queue: the timer
+        // fires at t1 + 200 ms and resends the first segment.
+        let d = s.poll_timeout().unwrap();
+        assert_eq!(d, t1 + Duration::from_millis(200));
+        s.on_timeout(d).unwrap();
+        let rtx = burst(&mut s, d, Some(1210));
+        assert_eq!(rtx.len(), 1, "cwnd 1 after the timeout: {rtx:?}");
+        assert!(rtx[0].retransmission && rtx[0].offset == 400);
+        // The delayed ACKs arrive; they echo the original TSval (1010).
+        let late = t1 + Duration::from_millis(300);
+        let o = ack_ts(&mut s, late, 600, Some((1010, 1310)));
+        assert!(o.spurious_timeout);
+        assert_eq!(
+            s.counters(),
+            SenderCounters {
+                retransmitted: 1,
+                timeouts: 1,
+                spurious_timeouts: 1
+            }
+        );
+        // No go-back-N: what goes out next is new data from 1200, at most
+        // min(acked, IW) = 200 bytes past the flight.
+        let next = burst(&mut s, late, Some(1310));
+        assert_eq!(
+            next.iter()
+                .map(|g| (g.offset, g.retransmission))
+                .collect::<Vec<_>>(),
+            vec![(1200, false), (1300, false)]
+        );
+        // The RTT estimator took the 300 ms: the same delay does not fire
+        // the timer again (srtt 300 ms, rttvar 150 ms: RTO 900 ms).
+        assert!(s.rto() > Duration::from_millis(300), "{:?}", s.rto());
+        assert_eq!(s.rto(), Duration::from_millis(900));
+        for a in [800, 1000, 1200] {
+            ack_ts(&mut s, late, a, Some((1010, 1310)));
+        }
+        let next = burst(&mut s, late, Some(1310));
+        assert!(next.iter().all(|g| !g.retransmission && g.offset >= 1400));
+        assert_eq!(s.counters().retransmitted, 1);
+    }
+
+    #[test]
+    fn eifel_keeps_going_back_when_the_retransmission_is_what_got_acked() {
+        let (mut s, _, t1) = warmed_up(true);
+        let d = s.poll_timeout().unwrap();
+        s.on_timeout(d).unwrap();
+        assert_eq!(burst(&mut s, d, Some(1210)).len(), 1);
+        // The ACK echoes the retransmission's TSval: the original was lost.
+        let o = ack_ts(
+            &mut s,
+            d + Duration::from_millis(10),
+            500,
+            Some((1210, 1220)),
+        );
+        assert!(!o.spurious_timeout);
+        assert_eq!(s.counters().spurious_timeouts, 0);
+        let next = burst(&mut s, d + Duration::from_millis(10), Some(1220));
+        assert!(!next.is_empty());
+        assert!(next.iter().all(|g| g.retransmission), "go-back-N: {next:?}");
+        assert_eq!(next[0].offset, 500);
+        let _ = t1;
+    }
+
+    #[test]
+    fn eifel_needs_the_tsecr_an_ack_without_one_changes_nothing() {
+        let (mut s, _, _) = warmed_up(true);
+        let d = s.poll_timeout().unwrap();
+        s.on_timeout(d).unwrap();
+        assert_eq!(burst(&mut s, d, Some(1210)).len(), 1);
+        let o = ack_ts(&mut s, d + Duration::from_millis(100), 600, None);
+        assert!(!o.spurious_timeout);
+        assert!(
+            burst(&mut s, d, Some(1310))
+                .iter()
+                .all(|g| g.retransmission)
+        );
+    }
+
+    #[test]
+    fn repeated_timeouts_then_a_late_ack_are_undone_once() {
+        let (mut s, _, t1) = warmed_up(true);
+        // A 1 s stall: two timeouts (200 ms, then 400 ms backed off).
+        for (i, tsval) in [(0, 1210), (1, 1610)] {
+            let d = s.poll_timeout().unwrap();
+            s.on_timeout(d).unwrap();
+            let r = burst(&mut s, d, Some(tsval));
+            assert_eq!((r.len(), r[0].offset, s.retries), (1, 400, i + 1));
+        }
+        let late = t1 + Duration::from_millis(1000);
+        let o = ack_ts(&mut s, late, 600, Some((1010, 2010)));
+        assert!(o.spurious_timeout);
+        assert_eq!(s.retries, 0);
+        assert_eq!(
+            (s.counters().timeouts, s.counters().spurious_timeouts),
+            (2, 1)
+        );
+        assert!(s.rto() > Duration::from_millis(1000), "{:?}", s.rto());
+        assert!(
+            burst(&mut s, late, Some(2010))
+                .iter()
+                .all(|g| !g.retransmission)
+        );
+    }
+
+    #[test]
+    fn frto_undoes_a_spurious_timeout_without_timestamps() {
+        let (mut s, _, t1) = warmed_up(false);
+        let d = s.poll_timeout().unwrap();
+        s.on_timeout(d).unwrap();
+        let rtx = burst(&mut s, d, None);
+        assert_eq!(
+            (rtx.len(), rtx[0].offset, rtx[0].retransmission),
+            (1, 400, true)
+        );
+        // First ACK after the retransmission covers it: two new segments.
+        let late = t1 + Duration::from_millis(300);
+        assert!(!ack_ts(&mut s, late, 600, None).spurious_timeout);
+        let new = burst(&mut s, late, None);
+        assert_eq!(
+            new.iter()
+                .map(|g| (g.offset, g.retransmission))
+                .collect::<Vec<_>>(),
+            vec![(1200, false), (1300, false)]
+        );
+        // The next ACK acknowledges data that was not retransmitted.
+        assert!(ack_ts(&mut s, late, 800, None).spurious_timeout);
+        assert_eq!(s.counters().spurious_timeouts, 1);
+        assert!(s.rto() > Duration::from_millis(200));
+        let next = burst(&mut s, late, None);
+        assert!(!next.is_empty() && next.iter().all(|g| !g.retransmission && g.offset >= 1400));
+        assert_eq!(s.counters().retransmitted, 1);
+    }
+
+    #[test]
+    fn frto_duplicate_ack_after_the_new_segments_means_loss() {
+        let (mut s, _, t1) = warmed_up(false);
+        let d = s.poll_timeout().unwrap();
+        s.on_timeout(d).unwrap();
+        burst(&mut s, d, None);
+        let late = t1 + Duration::from_millis(300);
+        ack_ts(&mut s, late, 500, None);
+        assert_eq!(burst(&mut s, late, None).len(), 2);
+        // A duplicate ACK: 500.. was lost after all. Back to go-back-N
+        // from 500 with at most three segments of window.
+        assert!(!ack_ts(&mut s, late, 500, None).spurious_timeout);
+        let next = burst(&mut s, late, None);
+        assert!(!next.is_empty() && next.len() <= 3, "{next:?}");
+        assert_eq!((next[0].offset, next[0].retransmission), (500, true));
+        assert_eq!(s.counters().spurious_timeouts, 0);
+    }
+
+    #[test]
+    fn frto_with_nothing_new_to_send_falls_back_to_go_back_n() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 0, 1_000_000, 100_000, false, false);
+        s.push_piece(0, &[3; 400]).unwrap();
+        assert_eq!(burst(&mut s, t0, None).len(), 4);
+        let d = s.poll_timeout().unwrap();
+        s.on_timeout(d).unwrap();
+        assert_eq!(burst(&mut s, d, None).len(), 1);
+        // The first ACK covers the retransmission, but no new data is held.
+        ack_ts(&mut s, d + Duration::from_millis(50), 200, None);
+        let next = burst(&mut s, d + Duration::from_millis(50), None);
+        assert_eq!(
+            next.iter()
+                .map(|g| (g.offset, g.retransmission))
+                .collect::<Vec<_>>(),
+            vec![(200, true), (300, true)],
+            "conventional recovery"
+        );
+    }
+
+    #[test]
+    fn frto_window_too_small_for_a_new_segment_keeps_a_timer() {
+        // Regression (simulation, 1 % loss, no timestamps): F-RTO put the
+        // flight back in flight with the timer stopped and a runt-sized
+        // window: nothing was ever sent again.
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 0, 1_000_000, 1250, false, false);
+        s.push_piece(0, &[3; 5000]).unwrap();
+        let first = burst(&mut s, t0, None);
+        assert_eq!(first.len(), 4);
+        for a in [100, 200, 300, 400] {
+            s.on_ack(
+                t0,
+                &Ack {
+                    ack: a,
+                    window: 850,
+                    sacks: &[],
+                    pure: true,
+                    delivered_elsewhere: 0,
+                    ts: None,
+                },
+            );
+        }
+        burst(&mut s, t0, None);
+        assert_eq!(s.max_sent(), 1200);
+        let d = s.poll_timeout().unwrap();
+        s.on_timeout(d).unwrap();
+        burst(&mut s, d, None);
+        // The window now ends 50 bytes past what was sent: no full segment.
+        let o = s.on_ack(
+            d,
+            &Ack {
+                ack: 600,
+                window: 650,
+                sacks: &[],
+                pure: true,
+                delivered_elsewhere: 0,
+                ts: None,
+            },
+        );
+        assert!(!o.spurious_timeout);
+        assert_timer_invariant(&s);
+        let next = burst(&mut s, d, None);
+        assert!(next.iter().all(|g| g.retransmission), "{next:?}");
+        assert!(s.poll_timeout().is_some());
+    }
+
+    #[test]
+    fn duplicate_acks_during_a_go_back_n_do_not_inflate_the_window() {
+        let (mut s, _, t1) = warmed_up(true);
+        let d = s.poll_timeout().unwrap();
+        s.on_timeout(d).unwrap();
+        burst(&mut s, d, Some(1210));
+        // Late duplicate ACKs with SACK, from before the timeout (400..500
+        // was lost, 500..1200 arrived).
+        let late = t1 + Duration::from_millis(300);
+        for end in [600, 800, 1000, 1200] {
+            s.on_ack(
+                late,
+                &Ack {
+                    ack: 400,
+                    window: 100_000,
+                    sacks: &[(500, end)],
+                    pure: true,
+                    delivered_elsewhere: 0,
+                    ts: Some((1010, 1310)),
+                },
+            );
+        }
+        assert_eq!(s.recover, None, "no fast recovery inside a go-back-N");
+        assert_eq!(s.cwnd, 100, "window not inflated");
+        assert!(burst(&mut s, late, Some(1310)).is_empty());
+        // The retransmission arrives: the ACK echoes its TSval and covers
+        // the SACKed data: nothing was resent twice.
+        let o = ack_ts(&mut s, late, 1200, Some((1210, 1320)));
+        assert!(!o.spurious_timeout);
+        assert_eq!(s.counters().retransmitted, 1);
+    }
+
+    #[test]
+    fn sack_recovery_resends_holes_only_below_the_highest_sack() {
+        let t0 = Instant::now();
+        let mut s = Sender::new(cfg(), 0, 1_000_000, 100_000, true, false);
+        s.push_piece(0, &[5; 3000]).unwrap();
+        s.cwnd = 2000;
+        assert_eq!(burst(&mut s, t0, None).len(), 20);
+        // 0..100 lost; the SACKs so far reach 400 (the rest is on its way).
+        for end in [200, 300, 400] {
+            on_ack(&mut s, t0, 0, 100_000, &[(100, end)], true, 0);
+        }
+        let r = burst(&mut s, t0, None);
+        assert_eq!(
+            r.iter()
+                .map(|g| (g.offset, g.retransmission))
+                .collect::<Vec<_>>(),
+            vec![(0, true)],
+            "only the hole, not the unSACKed tail"
+        );
+        for end in [500, 600, 700] {
+            on_ack(&mut s, t0, 0, 100_000, &[(100, end)], true, 0);
+        }
+        assert!(burst(&mut s, t0, None).iter().all(|g| !g.retransmission));
     }
 
     #[test]
