@@ -100,7 +100,8 @@ pub struct SimConfig {
     /// queue (the NFQUEUE of a loaded router): see [`AckSpike`].
     pub ack_spikes: Vec<AckSpike>,
     /// Deterministic losses: at each `(time after the cut, n)`, the next
-    /// `n` data segments the engine injects towards the client are lost.
+    /// `n` new data segments the engine injects towards the client are
+    /// lost (retransmissions pass).
     pub drop_injected: Vec<(Duration, u32)>,
     pub engine: EngineConfig,
 }
@@ -825,14 +826,12 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                         let due = cut_done_at
                             .and_then(|c| drops.iter_mut().find(|(at, n)| *n > 0 && c + *at <= t));
                         if len > 0 {
-                            if let Some(d) = due {
+                            let start = i64::from(tcp.seq().delta(isn));
+                            let fresh = max_injected_end.is_none_or(|m| start >= m);
+                            if let (Some(d), true) = (due, fresh) {
                                 d.1 -= 1;
                                 report.dropped_injected += 1;
                                 report.data_segments += 1;
-                                let start = i64::from(tcp.seq().delta(isn));
-                                if max_injected_end.is_some_and(|m| start < m) {
-                                    report.retransmitted_segments += 1;
-                                }
                                 max_injected_end = Some(
                                     max_injected_end.map_or(start + len, |m| m.max(start + len)),
                                 );
