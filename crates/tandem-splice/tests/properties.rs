@@ -75,6 +75,7 @@ fn sim_config() -> impl Strategy<Value = SimConfig> {
                     delay: Duration::from_millis(delay_ms),
                     piece,
                     withhold,
+                    avoid_seq_wrap: true,
                     ..SimConfig::default()
                 }
             },
@@ -222,6 +223,7 @@ fn spiky_config() -> impl Strategy<Value = SimConfig> {
                         .into_iter()
                         .map(|(at, n)| (Duration::from_millis(at), n))
                         .collect(),
+                    avoid_seq_wrap: true,
                     ..SimConfig::default()
                 }
             },
