@@ -1509,6 +1509,44 @@ mod tests {
     }
 
     #[test]
+    fn undo_keeps_the_fin_in_flight_and_a_lost_fin_is_still_resent() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = Sender::new(cfg(), 0, 400, 100_000, true, true);
+        s.push_piece(0, &[1; 400]).unwrap();
+        let b = burst(&mut s, t0, Some(100));
+        assert_eq!(b.len(), 4);
+        assert!(b[3].fin);
+        let d = s.poll_timeout().unwrap();
+        s.on_timeout(d).unwrap();
+        let r = burst(&mut s, d, Some(1100));
+        assert_eq!((r.len(), r[0].offset, r[0].fin), (1, 0, false));
+        // Late ACKs for the originals: undone, the FIN counts as in flight.
+        assert!(ack_ts(&mut s, d + ms(50), 200, Some((100, 1150))).spurious_timeout);
+        assert!(burst(&mut s, d + ms(50), Some(1150)).is_empty());
+        // 200.. and the FIN were lost after all: the next timeout resends.
+        let d2 = s.poll_timeout().unwrap();
+        s.on_timeout(d2).unwrap();
+        let r = burst(&mut s, d2, Some(2000));
+        assert_eq!((r.len(), r[0].offset, r[0].retransmission), (1, 200, true));
+        // That retransmission is what the client acknowledges: real loss,
+        // the go-back-N goes on, the FIN rides on the last byte again.
+        assert!(!ack_ts(&mut s, d2 + ms(5), 300, Some((2000, 2005))).spurious_timeout);
+        let r = burst(&mut s, d2 + ms(5), Some(2005));
+        assert_eq!((r.len(), r[0].offset, r[0].fin), (1, 300, true));
+        let o = ack_ts(&mut s, d2 + ms(10), 401, Some((2005, 2010)));
+        assert!(o.fin_acked && s.poll_timeout().is_none());
+        assert_eq!(
+            s.counters(),
+            SenderCounters {
+                retransmitted: 3,
+                timeouts: 2,
+                spurious_timeouts: 1
+            }
+        );
+    }
+
+    #[test]
     fn zero_window_is_probed_with_backoff() {
         let t0 = Instant::now();
         let mut s = Sender::new(cfg(), 0, 1000, 0, false, false);
