@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tandem_wire::{TcpFlags, TcpPacket, parse_ip_tcp};
 
@@ -26,6 +26,14 @@ pub struct EngineStats {
     pub modified: u64,
     /// Packets emitted by [`Engine::poll_transmit`].
     pub transmitted: u64,
+    /// Data segments injected again (retransmissions of any kind), over
+    /// every accelerated flow, live or gone.
+    pub retransmitted: u64,
+    /// Retransmission timeouts that fired.
+    pub timeouts: u64,
+    /// Of those, timeouts the sender found spurious (the ACKs were late,
+    /// nothing was lost) and undid: see `docs/splice.md`.
+    pub spurious_timeouts: u64,
 }
 
 /// A diagnostic snapshot of one flow.
@@ -46,6 +54,15 @@ pub struct FlowInfo {
     /// `delivered`, the engine has nothing the client can use and waits
     /// for a piece (pieces held past a hole do not count).
     pub available: Option<u64>,
+    /// Current retransmission timeout of the injected stream (accelerated
+    /// flows), backoff included.
+    pub rto: Option<Duration>,
+    /// Data segments injected again (accelerated flows).
+    pub retransmitted: u64,
+    /// Retransmission timeouts that fired.
+    pub timeouts: u64,
+    /// Of those, timeouts found spurious and undone.
+    pub spurious_timeouts: u64,
 }
 
 /// The splice engine. See the crate documentation for the calling contract.
@@ -62,6 +79,8 @@ pub struct Engine {
     next_sweep: Option<Instant>,
     scratch: Vec<u8>,
     stats: EngineStats,
+    /// Sender counters of the flows already forgotten.
+    retired: crate::sender::SenderCounters,
 }
 
 impl Engine {
@@ -78,12 +97,26 @@ impl Engine {
             next_sweep: None,
             scratch: Vec::new(),
             stats: EngineStats::default(),
+            retired: crate::sender::SenderCounters::default(),
         }
     }
 
-    /// Counters.
+    /// Counters. The sender counters (`retransmitted`, `timeouts`,
+    /// `spurious_timeouts`) are summed over the live flows on each call.
     pub fn stats(&self) -> EngineStats {
-        self.stats
+        let mut st = self.stats;
+        let mut add = |c: crate::sender::SenderCounters| {
+            st.retransmitted += c.retransmitted;
+            st.timeouts += c.timeouts;
+            st.spurious_timeouts += c.spurious_timeouts;
+        };
+        add(self.retired);
+        for id in &self.active {
+            if let Some(f) = self.flows.get(id) {
+                add(f.counters());
+            }
+        }
+        st
     }
 
     /// Number of tracked flows.
@@ -179,6 +212,10 @@ impl Engine {
 
     fn forget(&mut self, id: FlowId) {
         if let Some(f) = self.flows.remove(&id) {
+            let c = f.counters();
+            self.retired.retransmitted += c.retransmitted;
+            self.retired.timeouts += c.timeouts;
+            self.retired.spurious_timeouts += c.spurious_timeouts;
             self.by_key.remove(&f.key);
             self.active.retain(|a| *a != id);
             if f.state != crate::flow::FlowState::Handshake {

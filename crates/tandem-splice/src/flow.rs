@@ -12,7 +12,7 @@ use tandem_wire::{
 };
 
 use crate::buffer::InsertError;
-use crate::sender::{Sender, SenderConfig};
+use crate::sender::{Ack, Sender, SenderConfig, SenderCounters};
 use crate::types::{
     Destination, Direction, EngineConfig, Event, FailReason, FlowId, SpliceError, Verdict,
 };
@@ -611,6 +611,7 @@ impl Flow {
             body_len,
             ack_off + window,
             self.sack_ok,
+            self.ts_ok,
         );
         self.sender = Some(Box::new(sender));
         self.cut = cut;
@@ -847,10 +848,31 @@ impl Flow {
             && !seg.flags.contains(TcpFlags::SYN)
             && !seg.flags.contains(TcpFlags::FIN);
         let origin_sent = self.offset_of(self.origin_max, reference).max(0) as u64;
+        // TSecr of the ACK and our TSval clock now: the sender tells a
+        // spurious timeout by them (Eifel) and takes its RTT sample.
+        let ts = match seg.ts {
+            Some((_, tsecr)) if self.ts_ok => Some((tsecr, self.tsval_now(now))),
+            _ => None,
+        };
+        let info = Ack {
+            ack: ack as u64,
+            window,
+            sacks: &sacks[..n],
+            pure,
+            delivered_elsewhere: origin_sent,
+            ts,
+        };
         if let Some(sender) = self.sender.as_mut() {
-            let out = sender.on_ack(now, ack as u64, window, &sacks[..n], pure, origin_sent);
+            let out = sender.on_ack(now, &info);
             if out.invalid {
                 tracing::trace!(flow = self.id.0, ack, "client acked unsent data");
+            }
+            if out.spurious_timeout {
+                tracing::debug!(
+                    flow = self.id.0,
+                    rto_ms = sender.rto().as_millis() as u64,
+                    "spurious retransmission timeout undone"
+                );
             }
         }
     }
@@ -1171,8 +1193,11 @@ impl Flow {
             return Some(Destination::ToOrigin);
         }
         if matches!(self.state, FlowState::Streaming | FlowState::Injecting) {
+            // The TSval this segment will carry (`segment_to_client` computes
+            // the same value for the same `now`).
+            let tsval = self.ts_ok.then(|| self.tsval_now(now));
             let sender = self.sender.as_mut()?;
-            if let Some(seg) = sender.next_segment(now) {
+            if let Some(seg) = sender.next_segment(now, tsval) {
                 sender.hole_sent(&seg);
                 scratch.clear();
                 if !sender.read(&seg, scratch) {
@@ -1223,7 +1248,18 @@ impl Flow {
             sent: self.sender.as_ref().map(|s| s.max_sent()),
             buffered: self.sender.as_ref().map_or(0, |s| s.buffered()),
             available: self.sender.as_ref().map(|s| s.available()),
+            rto: self.sender.as_ref().map(|s| s.rto()),
+            retransmitted: self.counters().retransmitted,
+            timeouts: self.counters().timeouts,
+            spurious_timeouts: self.counters().spurious_timeouts,
         }
+    }
+
+    /// The sender's counters (zero for flows that were not accelerated).
+    pub(crate) fn counters(&self) -> SenderCounters {
+        self.sender
+            .as_ref()
+            .map_or_else(SenderCounters::default, |s| s.counters())
     }
 }
 

@@ -12,7 +12,11 @@
 //! absorbs every client packet, and injects the rest of the body itself from
 //! pieces the driver pushes ([`Engine::push_piece`]), continuing the origin's
 //! sequence numbers and timestamps, within the client's MSS and window,
-//! retransmitting on loss, with FIN on the last byte.
+//! retransmitting on loss, with FIN on the last byte. A retransmission
+//! timeout that turns out spurious (the client's ACKs were only late, e.g.
+//! stuck in a loaded router's queue) is detected and undone (Eifel with
+//! timestamps, F-RTO without); [`EngineStats`] counts retransmissions,
+//! timeouts and spurious timeouts.
 //!
 //! # Calling contract
 //!

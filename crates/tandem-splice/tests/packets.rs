@@ -858,3 +858,78 @@ fn an_origin_reset_after_the_cut_is_absorbed() {
             .all(|(to, _)| *to == Destination::ToClient)
     );
 }
+
+/// A flight of 10 segments, the retransmission timeout, and the injected
+/// TSvals of the original flight and of the retransmission.
+fn timed_out_flight() -> (util::Pair, u32, u32) {
+    let mut p = accelerated(false, true, true, 1_000_000, 0, 0);
+    let flow = p.flow.unwrap();
+    assert_eq!(p.client_ack(0, 1000).0, Verdict::Drop);
+    let _ = p.recv_all();
+    p.engine
+        .push_piece(p.now, flow, 0, &Pair::body(0..50_000))
+        .unwrap();
+    let out = p.recv_all();
+    assert_eq!(out.len(), 10);
+    let tv_orig = out[0].1.ts.unwrap().0;
+    // No ACK: the timer (initial RTO 1 s) fires and resends segment 0.
+    let t = p.engine.poll_timeout().unwrap();
+    p.now = t;
+    p.engine.handle_timeout(t);
+    let out = p.recv_all();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].1.seq, p.body_seq(0));
+    let tv_rtx = out[0].1.ts.unwrap().0;
+    assert!(
+        tv_rtx.wrapping_sub(tv_orig) as i32 >= 1000,
+        "TSval moved on"
+    );
+    (p, tv_orig, tv_rtx)
+}
+
+/// A client ACK of body offset `o` echoing `tsecr`.
+fn ack_echoing(p: &mut util::Pair, o: u64, tsecr: u32) {
+    let seq = p.client_next();
+    let ack = p.body_seq(o);
+    let tsval = 1000 + p.ms();
+    let (v, _) = p.send_client(Tcp {
+        seq,
+        ack: Some(ack),
+        window: 1000,
+        ts: Some((tsval, tsecr)),
+        ..Tcp::default()
+    });
+    assert_eq!(v, Verdict::Drop);
+}
+
+#[test]
+fn a_late_ack_echoing_the_original_tsval_undoes_the_timeout() {
+    let (mut p, tv_orig, _) = timed_out_flight();
+    let flow = p.flow.unwrap();
+    // The ACKs of the original flight were only late (Eifel detection).
+    p.advance(100);
+    ack_echoing(&mut p, 2896, tv_orig);
+    let out = p.recv_all();
+    // No go-back-N: new data from where the flight ended, at most
+    // min(acked, IW) past it.
+    let seqs: Vec<u32> = out.iter().map(|(_, s)| s.seq).collect();
+    assert_eq!(seqs, vec![p.body_seq(14_480), p.body_seq(15_928)]);
+    let stats = p.engine.stats();
+    assert_eq!((stats.timeouts, stats.spurious_timeouts), (1, 1));
+    assert_eq!(stats.retransmitted, 1);
+    let info = p.engine.flow_info(flow).unwrap();
+    assert_eq!((info.timeouts, info.spurious_timeouts), (1, 1));
+    // The RTT estimator took the 1.1 s the ACK needed.
+    assert!(info.rto.unwrap() > Duration::from_millis(1100), "{info:?}");
+}
+
+#[test]
+fn an_ack_echoing_the_retransmission_keeps_the_go_back_n() {
+    let (mut p, _, tv_rtx) = timed_out_flight();
+    p.advance(5);
+    ack_echoing(&mut p, 1448, tv_rtx);
+    let out = p.recv_all();
+    assert!(!out.is_empty());
+    assert_eq!(out[0].1.seq, p.body_seq(1448), "go-back-N resends from una");
+    assert_eq!(p.engine.stats().spurious_timeouts, 0);
+}

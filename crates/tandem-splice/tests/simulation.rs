@@ -463,3 +463,225 @@ fn regression_origin_bytes_past_the_cut_before_the_decision() {
         ..SimConfig::default()
     });
 }
+
+// ----- ACK delay spikes (spurious retransmission timeouts) ------------------
+//
+// Session 3 measured, on a loaded router, client ACKs waiting in the
+// NFQUEUE longer than `min_rto` (200 ms): the sender timed out although
+// nothing was lost, and the go-back-N resend that followed doubled the
+// traffic. These cases delay the client's packets on their way into the
+// router's queue (FIFO, nothing lost) and count what the engine resends.
+
+/// A 32 MiB download over a 1 MiB client window, FIFO links and a
+/// 1 Gbit/s LAN link to the client (the flight grows to the whole window); spikes given as (start, len,
+/// extra) in ms after the cut.
+fn spiky(spikes: &[(u64, u64, u64)]) -> SimConfig {
+    SimConfig {
+        body_len: 32 * MIB,
+        cut: 64 * KIB,
+        client_rx: MIB as usize,
+        piece: 64 * 1024,
+        delay: Duration::from_millis(1),
+        jitter: false,
+        client_link_rate: Some(125_000_000), // 1 Gbit/s
+        ack_spikes: spikes
+            .iter()
+            .map(|&(start, len, extra)| sim::AckSpike {
+                start: Duration::from_millis(start),
+                len: Duration::from_millis(len),
+                extra: Duration::from_millis(extra),
+            })
+            .collect(),
+        ..SimConfig::default()
+    }
+}
+
+/// Segments the body after the cut needs at the client's MSS.
+fn needed_segments(cfg: &SimConfig, r: &sim::SimReport) -> u64 {
+    let mss = u64::from(cfg.client_mss) - if cfg.timestamps { 12 } else { 0 };
+    (cfg.body_len - r.cut.expect("accelerated")).div_ceil(mss)
+}
+
+#[track_caller]
+fn spike_case(name: &str, cfg: SimConfig) -> sim::SimReport {
+    let r = case(cfg.clone());
+    let stats = r.stats.expect("engine stats");
+    eprintln!(
+        "{name}: needed {} segments, injected {} data segments, {} retransmitted; \
+         {} timeouts, {} spurious; RTO after: {:?}; {} client packets spiked, {} injected segments lost",
+        needed_segments(&cfg, &r),
+        r.data_segments,
+        r.retransmitted_segments,
+        stats.timeouts,
+        stats.spurious_timeouts,
+        r.rto_after_spurious,
+        r.spiked_packets,
+        r.dropped_injected,
+    );
+    assert!(r.spiked_packets > 0, "the spike hit nothing: {r:?}");
+    r
+}
+
+/// The spurious timeout cost at most one retransmission burst and the
+/// RTT estimator learnt the delay.
+#[track_caller]
+fn assert_one_spurious_burst(r: &sim::SimReport, delay: Duration, max_rtx: u64) {
+    let stats = r.stats.expect("engine stats");
+    assert!(stats.timeouts >= 1, "the spike fired the timer: {stats:?}");
+    assert!(stats.spurious_timeouts >= 1, "detected: {stats:?}");
+    assert!(
+        r.retransmitted_segments <= max_rtx,
+        "{} segments resent: {r:?}",
+        r.retransmitted_segments
+    );
+    let rto = r.rto_after_spurious[0];
+    assert!(rto > delay, "RTO {rto:?} after a {delay:?} spike");
+}
+
+/// One 300 ms spike (min_rto 200 ms): the client's ACKs of ~5 ms of
+/// transfer arrive 300 ms late, in order, nothing lost. Before the sender
+/// detected spurious timeouts this resent the whole flight (366 segments
+/// for 23128 needed); now one segment, with and without timestamps (Eifel,
+/// F-RTO) and SACK.
+#[test]
+fn ack_delay_spike_300ms() {
+    for (ts, sack) in [(true, true), (false, true), (true, false), (false, false)] {
+        let cfg = SimConfig {
+            timestamps: ts,
+            sack,
+            ..spiky(&[(20, 5, 300)])
+        };
+        let r = spike_case(&format!("spike 300ms ts={ts} sack={sack}"), cfg);
+        assert_one_spurious_burst(&r, Duration::from_millis(300), 2);
+        assert_eq!(r.stats.expect("engine stats").timeouts, 1);
+    }
+}
+
+/// A 1 s spike: the timer fires twice (200 ms, then 400 ms backed off)
+/// before the late ACKs arrive; each timeout resends the first segment
+/// only, and the episode is undone once.
+#[test]
+fn ack_delay_spike_1s() {
+    for ts in [true, false] {
+        let cfg = SimConfig {
+            timestamps: ts,
+            ..spiky(&[(20, 5, 1000)])
+        };
+        let r = spike_case(&format!("spike 1s ts={ts}"), cfg);
+        assert_one_spurious_burst(&r, Duration::from_millis(1000), 3);
+    }
+}
+
+/// Three spikes 180 ms apart, and a plateau (every ACK 300 ms late for a
+/// whole second): the RTO adapted after the first undo, so the later
+/// spikes do not fire the timer at all.
+#[test]
+fn ack_delay_repeated_spikes_and_plateau() {
+    for (name, spikes) in [
+        ("3 spikes", vec![(20, 5, 300), (200, 5, 300), (380, 5, 300)]),
+        ("plateau 1s", vec![(20, 1000, 300)]),
+    ] {
+        for ts in [true, false] {
+            let cfg = SimConfig {
+                timestamps: ts,
+                ..spiky(&spikes)
+            };
+            let r = spike_case(&format!("{name} ts={ts}"), cfg);
+            assert_one_spurious_burst(&r, Duration::from_millis(300), 2);
+            assert_eq!(r.stats.expect("engine stats").timeouts, 1, "{name}: {r:?}");
+        }
+    }
+}
+
+/// Real loss in the same episode: injected segments lost just before the
+/// spike (their duplicate ACKs are late too) and during the recovery.
+/// The lost segments are resent, the download completes, and nothing
+/// else is resent beyond the one spurious retransmission (SACK: one per
+/// lost segment; without SACK NewReno resends a few more).
+#[test]
+fn ack_delay_spike_with_loss() {
+    for (drops, lost) in [
+        (vec![(19, 3)], 3),
+        (vec![(15, 1)], 1),
+        (vec![(21, 5)], 5),
+        (vec![(19, 3), (320, 5)], 8),
+    ] {
+        for sack in [true, false] {
+            let cfg = SimConfig {
+                sack,
+                drop_injected: drops
+                    .iter()
+                    .map(|&(at, n)| (Duration::from_millis(at), n))
+                    .collect(),
+                ..spiky(&[(20, 5, 300)])
+            };
+            let r = spike_case(&format!("spike + drops {drops:?} sack={sack}"), cfg);
+            assert_eq!(r.dropped_injected, lost);
+            assert!(
+                r.retransmitted_segments >= lost,
+                "the losses were resent: {r:?}"
+            );
+            assert_one_spurious_burst(&r, Duration::from_millis(300), 2 * lost + 1);
+        }
+    }
+}
+
+/// Without timestamps F-RTO decides by the order of the ACKs: late
+/// duplicate ACKs of a loss before the spike make it fall back to the
+/// conventional go-back-N (no spurious verdict), which still completes.
+#[test]
+fn ack_delay_spike_with_loss_without_timestamps_falls_back() {
+    let cfg = SimConfig {
+        timestamps: false,
+        drop_injected: vec![(Duration::from_millis(15), 1)],
+        ..spiky(&[(20, 5, 300)])
+    };
+    let r = spike_case("spike + loss, no timestamps", cfg);
+    let stats = r.stats.expect("engine stats");
+    assert_eq!((stats.timeouts, stats.spurious_timeouts), (1, 0));
+    assert!(r.retransmitted_segments >= 1);
+}
+
+/// Random loss (1 %) on every hop of the gigabit testbed: every download
+/// completes (regression: F-RTO once left the flight without a timer).
+#[test]
+fn gigabit_link_with_loss() {
+    for (seed, ts) in [(1, true), (1, false), (2, true), (3, false)] {
+        let cfg = SimConfig {
+            seed,
+            timestamps: ts,
+            loss: 0.01,
+            ..spiky(&[])
+        };
+        let r = case(cfg.clone());
+        let stats = r.stats.expect("engine stats");
+        eprintln!(
+            "1 % loss seed {seed} ts={ts}: needed {}, injected {}, retransmitted {}; {} timeouts, {} spurious",
+            needed_segments(&cfg, &r),
+            r.data_segments,
+            r.retransmitted_segments,
+            stats.timeouts,
+            stats.spurious_timeouts
+        );
+    }
+}
+
+/// Found by the property hunt: the client (smoltcp 0.12) panics on an
+/// integer overflow when it SACKs out-of-order data across the wrap of the
+/// origin's sequence numbers (main's sender hits it too). The harness picks
+/// another origin seed for such runs (`avoid_seq_wrap`).
+#[test]
+fn regression_smoltcp_sack_overflow_at_the_sequence_wrap_is_avoided() {
+    case(SimConfig {
+        seed: 8141400579087229208,
+        body_len: 1638401,
+        cut: 64 * KIB,
+        client_rx: MIB as usize,
+        timestamps: false,
+        delay: Duration::from_millis(1),
+        piece: 64 * 1024,
+        drop_injected: vec![(Duration::ZERO, 1)],
+        avoid_seq_wrap: true,
+        ..SimConfig::default()
+    });
+}

@@ -76,6 +76,12 @@ pub struct SimConfig {
     pub dup: f64,
     /// One-way delay of each hop.
     pub delay: Duration,
+    /// Each packet's delay varies by up to a quarter of `delay` (which
+    /// reorders back-to-back packets); `false` keeps every hop FIFO.
+    pub jitter: bool,
+    /// Serialization rate of the router -> client link in bytes per second
+    /// (a FIFO: packets leave one after another); `None`: infinitely fast.
+    pub client_link_rate: Option<u64>,
     /// Size of the pieces the harness pushes.
     pub piece: usize,
     /// Pieces arrive over this spread (shuffled within it).
@@ -90,7 +96,36 @@ pub struct SimConfig {
     /// `engine.progress_step`). Without those events the download cannot
     /// finish.
     pub pace_window: Option<u64>,
+    /// Delay spikes of the client's packets on their way into the router's
+    /// queue (the NFQUEUE of a loaded router): see [`AckSpike`].
+    pub ack_spikes: Vec<AckSpike>,
+    /// Deterministic losses: at each `(time after the cut, n)`, the next
+    /// `n` new data segments the engine injects towards the client are
+    /// lost (retransmissions pass).
+    pub drop_injected: Vec<(Duration, u32)>,
+    /// Pick another origin seed when the origin's sequence numbers would
+    /// wrap past 2^32 during the response: smoltcp 0.12 (the client) panics
+    /// on an integer overflow when it builds SACK blocks for out-of-order
+    /// data across the wrap (`AssemblerIter`, debug builds; its
+    /// `TcpSeqNumber` is an `i32` cast to `usize`). Found by the property
+    /// test; the engine is not involved (main's sender hits it too).
+    pub avoid_seq_wrap: bool,
     pub engine: EngineConfig,
+}
+
+/// A delay spike of the client -> router path, as a loaded router's queue
+/// produces it: every client packet that reaches the queue within
+/// `[start, start + len)` (virtual time after `Event::CutDone`) waits
+/// `extra` longer, and the queue stays FIFO (a packet that arrives later
+/// waits behind the delayed ones). Nothing is lost.
+#[derive(Debug, Clone, Copy)]
+pub struct AckSpike {
+    /// Start of the spike, after the cut was done.
+    pub start: Duration,
+    /// How long packets keep arriving into the spike.
+    pub len: Duration,
+    /// Extra delay of each packet that arrives within it.
+    pub extra: Duration,
 }
 
 impl Default for SimConfig {
@@ -108,11 +143,16 @@ impl Default for SimConfig {
             reorder: 0.0,
             dup: 0.0,
             delay: Duration::from_millis(2),
+            jitter: true,
+            client_link_rate: None,
             piece: 16 * 1024,
             piece_jitter: Duration::from_millis(20),
             withhold: None,
             limit: Duration::from_secs(900),
             pace_window: None,
+            ack_spikes: Vec::new(),
+            drop_injected: Vec::new(),
+            avoid_seq_wrap: false,
             engine: EngineConfig::default(),
         }
     }
@@ -145,6 +185,21 @@ pub struct SimReport {
     pub origin_body_end: u64,
     /// `delivered` of every `Event::Progress`, in order.
     pub progress: Vec<u64>,
+    /// Data segments the engine injected towards the client.
+    pub data_segments: u64,
+    /// Of those, segments starting below the highest byte injected before
+    /// (retransmissions, whatever the reason).
+    pub retransmitted_segments: u64,
+    /// Client packets that went through an ACK delay spike.
+    pub spiked_packets: u64,
+    /// The engine's counters at the end of the run.
+    pub stats: Option<tandem_splice::EngineStats>,
+    /// Injected data segments lost by `drop_injected`.
+    pub dropped_injected: u64,
+    /// The flow's RTO right after each timeout the engine found spurious.
+    pub rto_after_spurious: Vec<Duration>,
+    /// The flow's largest RTO (backoff included) over the run.
+    pub max_rto: Duration,
 }
 
 #[derive(PartialEq, Eq)]
@@ -422,7 +477,21 @@ fn trace(t: u64, what: &str, pkt: &[u8]) {
     );
 }
 
+/// Runs one simulated download (see [`SimConfig::avoid_seq_wrap`]).
 pub fn run(cfg: &SimConfig) -> SimReport {
+    let mut salt = 0;
+    loop {
+        if let Some(r) = run_once(cfg, salt) {
+            return r;
+        }
+        salt += 1;
+    }
+}
+
+/// One run; `None` when the origin's sequence numbers would wrap during the
+/// response and `cfg.avoid_seq_wrap` asks to avoid that (the caller runs
+/// again with another origin seed).
+fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
     let mut rng = SmallRng::seed_from_u64(cfg.seed);
     let (client_ip, origin_ip): (IpAddress, IpAddress) = if cfg.ipv6 {
         (
@@ -453,7 +522,7 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         1500 + 32,
         4096,
         256 * 1024,
-        cfg.seed ^ 2,
+        (cfg.seed ^ 2).wrapping_add(salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
         cfg.timestamps,
         true,
     );
@@ -513,13 +582,58 @@ pub fn run(cfg: &SimConfig) -> SimReport {
     let delay_us = cfg.delay.as_micros() as u64;
     let limit_us = cfg.limit.as_micros() as u64;
 
+    let mut cut_done_at: Option<u64> = None;
+    let mut queue_tail: u64 = 0;
+    let mut client_link_free: u64 = 0;
+    // Pending deterministic losses: (time, segments still to drop).
+    let mut drops: Vec<(u64, u32)> = cfg
+        .drop_injected
+        .iter()
+        .map(|(d, n)| (d.as_micros() as u64, *n))
+        .collect();
+    let mut spurious_seen = 0u64;
+    let mut max_injected_end: Option<i64> = None;
+
     macro_rules! send_on_link {
         ($to:expr, $data:expr) => {{
             let data: Vec<u8> = $data;
             if !rng.random_bool(cfg.loss) {
-                let mut at = t + delay_us + rng.random_range(0..=delay_us / 4);
+                let jitter = rng.random_range(0..=delay_us / 4);
+                let mut at = t + delay_us + if cfg.jitter { jitter } else { 0 };
                 if rng.random_bool(cfg.reorder) {
                     at += rng.random_range(delay_us..=delay_us * 3);
+                }
+                if let (Hop::ToClient, Some(rate)) = ($to, cfg.client_link_rate) {
+                    // Serialization on the LAN link: one packet after the other.
+                    let tx_us = (data.len() as u64 * 1_000_000).div_ceil(rate.max(1));
+                    let leaves = (t.max(client_link_free)) + tx_us;
+                    client_link_free = leaves;
+                    at = at.max(leaves + delay_us);
+                }
+                if $to == Hop::EngineFromClient {
+                    if let Some(c) = cut_done_at {
+                        let spiked = cfg.ack_spikes.iter().any(|s| {
+                            let from = c + s.start.as_micros() as u64;
+                            at >= from && at < from + s.len.as_micros() as u64
+                        });
+                        if spiked {
+                            let extra = cfg
+                                .ack_spikes
+                                .iter()
+                                .find(|s| {
+                                    let from = c + s.start.as_micros() as u64;
+                                    at >= from && at < from + s.len.as_micros() as u64
+                                })
+                                .map_or(0, |s| s.extra.as_micros() as u64);
+                            at += extra;
+                            report.spiked_packets += 1;
+                        }
+                        // The queue is FIFO: nothing overtakes a delayed packet.
+                        if spiked || at < queue_tail {
+                            at = at.max(queue_tail);
+                            queue_tail = at;
+                        }
+                    }
                 }
                 if rng.random_bool(cfg.dup) {
                     order += 1;
@@ -596,6 +710,13 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                             {
                                 if tcp.flags().contains(TcpFlags::SYN) {
                                     origin_isn = Some(tcp.seq());
+                                    let end = u64::from(tcp.seq().0)
+                                        + 1
+                                        + head.len() as u64
+                                        + cfg.body_len;
+                                    if cfg.avoid_seq_wrap && end > u64::from(u32::MAX) {
+                                        return None;
+                                    }
                                 } else if let Some(isn) = origin_isn {
                                     let start =
                                         i64::from(tcp.seq().delta(isn)) - 1 - head.len() as i64;
@@ -653,7 +774,10 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                     list.sort_by_key(|p| p.0);
                     pieces = list;
                 }
-                Event::CutDone { .. } => report.cut_done = true,
+                Event::CutDone { .. } => {
+                    report.cut_done = true;
+                    cut_done_at = Some(t);
+                }
                 Event::Progress { flow: f, delivered } => {
                     assert_eq!(Some(f), flow, "progress of an unknown flow");
                     report.progress.push(delivered);
@@ -723,6 +847,34 @@ pub fn run(cfg: &SimConfig) -> SimReport {
             match tr.to {
                 Destination::ToClient => {
                     monitor.check(&tx_buf, true);
+                    if let Some(isn) = origin_isn {
+                        let meta = parse_ip_tcp(&tx_buf).unwrap();
+                        let tcp =
+                            TcpPacket::new_checked(&tx_buf[meta.tcp_offset..meta.ip_len]).unwrap();
+                        let len = tcp.payload().len() as i64;
+                        let due = cut_done_at
+                            .and_then(|c| drops.iter_mut().find(|(at, n)| *n > 0 && c + *at <= t));
+                        if len > 0 {
+                            let start = i64::from(tcp.seq().delta(isn));
+                            let fresh = max_injected_end.is_none_or(|m| start >= m);
+                            if let (Some(d), true) = (due, fresh) {
+                                d.1 -= 1;
+                                report.dropped_injected += 1;
+                                report.data_segments += 1;
+                                max_injected_end = Some(
+                                    max_injected_end.map_or(start + len, |m| m.max(start + len)),
+                                );
+                                continue;
+                            }
+                            let start = i64::from(tcp.seq().delta(isn));
+                            report.data_segments += 1;
+                            if max_injected_end.is_some_and(|m| start < m) {
+                                report.retransmitted_segments += 1;
+                            }
+                            max_injected_end =
+                                Some(max_injected_end.map_or(start + len, |m| m.max(start + len)));
+                        }
+                    }
                     // Never a byte the engine was not given: nothing injected
                     // inside the withheld piece.
                     if let (Some(w), Some(isn)) = (withheld_at, origin_isn) {
@@ -740,6 +892,16 @@ pub fn run(cfg: &SimConfig) -> SimReport {
                     send_on_link!(Hop::ToClient, tx_buf.clone());
                 }
                 Destination::ToOrigin => send_on_link!(Hop::ToOriginInjected, tx_buf.clone()),
+            }
+        }
+
+        if let Some(info) = flow.and_then(|f| engine.flow_info(f)) {
+            if let Some(rto) = info.rto {
+                report.max_rto = report.max_rto.max(rto);
+                if info.spurious_timeouts > spurious_seen {
+                    spurious_seen = info.spurious_timeouts;
+                    report.rto_after_spurious.push(rto);
+                }
             }
         }
 
@@ -896,7 +1058,8 @@ pub fn run(cfg: &SimConfig) -> SimReport {
         .state()
         .to_string();
     report.virtual_time = Duration::from_micros(t);
-    report
+    report.stats = Some(engine.stats());
+    Some(report)
 }
 
 /// Asserts the outcome of a download that must succeed.
