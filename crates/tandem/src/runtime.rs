@@ -1042,6 +1042,9 @@ fn snapshot(shared: &Shared) -> Snapshot {
         ("dropped", stats.dropped),
         ("modified", stats.modified),
         ("injected", stats.transmitted),
+        ("retransmitted", stats.retransmitted),
+        ("rto_timeouts", stats.timeouts),
+        ("rto_spurious", stats.spurious_timeouts),
     ] {
         packets.insert(k.to_string(), v);
     }
