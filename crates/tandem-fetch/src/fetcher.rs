@@ -401,20 +401,7 @@ impl RangeFetcher {
     /// response head. On success the body is streamed by the returned
     /// [`PieceBody`].
     pub async fn fetch(&mut self, range: Range<u64>) -> Result<PieceBody<'_>, FetchError> {
-        let total = self.resource.total_len;
-        if range.start >= range.end || range.end > total {
-            return Err(FetchError::BadRange {
-                start: range.start,
-                end: range.end,
-                total,
-            });
-        }
-        let request = range_request(
-            &self.resource.request,
-            range.clone(),
-            &self.resource.validator,
-            &self.resource.host,
-        )?;
+        let request = self.range_request(&range)?;
         // A connection with an unread body or a close pending is useless,
         // and so is one that will answer a pipelined request for another
         // range first.
@@ -478,6 +465,24 @@ impl RangeFetcher {
             next: range.start,
             pending: head_len..head_len + pending_len as usize,
         })
+    }
+
+    /// The Range request for `range` (half-open, inside `0..total_len`).
+    fn range_request(&self, range: &Range<u64>) -> Result<Vec<u8>, FetchError> {
+        let total = self.resource.total_len;
+        if range.start >= range.end || range.end > total {
+            return Err(FetchError::BadRange {
+                start: range.start,
+                end: range.end,
+                total,
+            });
+        }
+        Ok(range_request(
+            &self.resource.request,
+            range.clone(),
+            &self.resource.validator,
+            &self.resource.host,
+        )?)
     }
 
     /// Fetch `range` and hand every chunk to `sink` as
@@ -745,14 +750,7 @@ impl PieceBody<'_> {
     /// [`FetchError::BadRange`], [`FetchError::Request`].
     pub async fn pipeline(&mut self, range: Range<u64>) -> Result<bool, FetchError> {
         let f = &mut *self.fetcher;
-        let total = f.resource.total_len;
-        if range.start >= range.end || range.end > total {
-            return Err(FetchError::BadRange {
-                start: range.start,
-                end: range.end,
-                total,
-            });
-        }
+        let request = f.range_request(&range)?;
         if !f.pipelining {
             return Ok(false);
         }
@@ -762,12 +760,6 @@ impl PieceBody<'_> {
         if !conn.reusable || conn.pipelined.is_some() {
             return Ok(false);
         }
-        let request = range_request(
-            &f.resource.request,
-            range.clone(),
-            &f.resource.validator,
-            &f.resource.host,
-        )?;
         conn.requests += 1;
         f.stats.requests += 1;
         match timeout(f.config.idle_timeout, conn.stream.write_all(&request)).await {
