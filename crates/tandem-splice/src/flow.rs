@@ -138,6 +138,26 @@ impl SegInfo {
 /// How far injected TSvals run ahead of the estimated origin clock.
 const TS_LEAD_MS: u32 = 1000;
 
+/// Timed RST rounds to the client after a failure (the first at the
+/// failure, then [`RST_REPEATS`] repeats).
+pub(crate) const RST_REPEATS: u8 = 3;
+
+/// RSTs to the client in one round: the best guess of the client's
+/// `rcv_nxt`, the highest sequence number sent to it, the number below that
+/// and up to [`RST_BOUNDARIES_PER_ROUND`] injected segment boundaries.
+pub(crate) const RST_ROUND_MAX: usize = 3 + RST_BOUNDARIES_PER_ROUND;
+
+/// Injected segment boundaries tried per RST round (rotating over the
+/// boundaries between the client's last ACK and the highest byte sent).
+const RST_BOUNDARIES_PER_ROUND: usize = 5;
+
+/// RSTs answering client packets (challenge ACKs among them) after a
+/// failure, each at the sequence number the packet acknowledges.
+pub(crate) const RST_ANSWERS: u8 = 8;
+
+/// Injected segment ends remembered as RST candidates (the most recent).
+const SENT_ENDS_KEPT: usize = 64;
+
 /// Control packets waiting to be sent.
 mod pending {
     pub const ACK_ORIGIN: u8 = 1;
@@ -210,9 +230,20 @@ pub(crate) struct Flow {
     origin_gone: bool,
     last_origin_ack: Option<Instant>,
     pending: u8,
+    /// RSTs left that answer client packets after a failure.
     rst_client_budget: u8,
-    /// Timed repeats of the RST to the client left.
+    /// Timed repeats of the RST round to the client left.
     rst_client_repeats: u8,
+    /// Timer firings since the failure or close (the interval doubles).
+    rst_timer_fired: u8,
+    /// RSTs of the current round to the client, not yet sent (in reverse:
+    /// the next one is last).
+    rst_round: Vec<SeqNumber>,
+    /// Rounds queued so far (rotates the boundaries tried).
+    rst_rounds: u8,
+    /// Ends (sequence numbers past the last byte, FIN counted) of the most
+    /// recent injected segments: where the client's `rcv_nxt` can be.
+    sent_ends: VecDeque<SeqNumber>,
     /// RSTs sent to the origin (repeated: one may be lost on the WAN).
     rst_origin_sent: u8,
     /// When to repeat the RST to the client (it may be lost).
@@ -280,6 +311,10 @@ impl Flow {
             pending: 0,
             rst_client_budget: 0,
             rst_client_repeats: 0,
+            rst_timer_fired: 0,
+            rst_round: Vec::new(),
+            rst_rounds: 0,
+            sent_ends: VecDeque::new(),
             rst_origin_sent: 0,
             rst_timer: None,
             linger_until: None,
@@ -289,7 +324,10 @@ impl Flow {
 
     /// Whether the flow has something for `poll_transmit` or timers.
     pub(crate) fn is_active(&self) -> bool {
-        self.sender.is_some() || self.pending != 0 || self.linger_until.is_some()
+        self.sender.is_some()
+            || self.pending != 0
+            || !self.rst_round.is_empty()
+            || self.linger_until.is_some()
     }
 
     fn seq_of(&self, offset: u64) -> SeqNumber {
@@ -694,11 +732,12 @@ impl Flow {
         let was_finished = self.state == FlowState::Finished;
         self.state = FlowState::Failed;
         if !was_finished {
-            self.pending |= pending::RST_CLIENT;
-            // Answers to the client's (challenge) ACKs, and timed repeats;
-            // each uses the client's newest ACK as the sequence number.
-            self.rst_client_budget = 8;
-            self.rst_client_repeats = 3;
+            // A round of RSTs now, timed repeats, and answers to the
+            // client's packets (challenge ACKs) at the number they
+            // acknowledge: see `queue_rst_round`.
+            self.rst_client_budget = RST_ANSWERS;
+            self.rst_client_repeats = RST_REPEATS;
+            self.queue_rst_round();
             self.rst_timer = Some(now + cfg.min_rto);
         }
         if !self.origin_gone {
@@ -1039,19 +1078,23 @@ impl Flow {
                 let mut again = false;
                 if self.rst_client_repeats > 0 && self.state == FlowState::Failed {
                     self.rst_client_repeats -= 1;
-                    self.rst_client_budget = self.rst_client_budget.saturating_add(1);
-                    self.pending |= pending::RST_CLIENT;
+                    self.queue_rst_round();
                     again = true;
                 }
                 if (1..3).contains(&self.rst_origin_sent) && !self.origin_gone {
                     self.pending |= pending::RST_ORIGIN;
                     again = true;
                 }
-                self.rst_timer = again.then_some(now + cfg.min_rto * 2);
+                // 200 ms, 400 ms, 800 ms (with the default `min_rto`): the
+                // last round comes after the client's challenge-ACK rate
+                // limit (Linux 500 ms per socket, smoltcp 1 s) has expired.
+                self.rst_timer_fired = self.rst_timer_fired.saturating_add(1);
+                let factor = 1u32 << self.rst_timer_fired.min(4);
+                self.rst_timer = again.then_some(now + cfg.min_rto * factor);
             }
         }
         if let Some(t) = self.linger_until {
-            if now >= t && self.pending == 0 {
+            if now >= t && self.pending == 0 && self.rst_round.is_empty() {
                 return After::Forget;
             }
         }
@@ -1097,6 +1140,101 @@ impl Flow {
         } else {
             self.flow_label
         }
+    }
+
+    // ----- resetting the client ---------------------------------------------
+    //
+    // RFC 5961 section 3 (Linux, and any stack that follows it): an RST
+    // resets only when its sequence number is exactly the receiver's
+    // rcv_nxt; one elsewhere in the receive window draws a challenge ACK
+    // (rate-limited per connection: Linux 500 ms, smoltcp 1 s); one outside
+    // the window is dropped in silence. The engine knows rcv_nxt only from
+    // the client's newest ACK, which is stale when the client's last ACKs
+    // were lost. rcv_nxt always lies between that ACK and the highest
+    // sequence number sent to the client, at the end of some segment the
+    // client received. So each round tries, in order:
+    //
+    // 1. the best guess: the client's newest ACK;
+    // 2. the highest sequence number sent to the client (exact when the
+    //    client holds everything; else in its window: a challenge ACK, or a
+    //    reset on stacks that accept any in-window RST);
+    // 3. the number below it (in the window whenever the client misses
+    //    anything, even when the highest one is the window's right edge);
+    // 4. up to `RST_BOUNDARIES_PER_ROUND` ends of injected segments in
+    //    between, lowest first, rotating over the rounds.
+    //
+    // Every client packet that arrives after the failure (a challenge ACK
+    // among them) updates the best guess and is answered at once with one
+    // RST at it. Only RSTs, never data; the origin's side is unchanged.
+
+    /// Remembers where an injected segment ended (a possible rcv_nxt).
+    fn note_sent_end(&mut self, end: SeqNumber) {
+        if self.sent_ends.back() == Some(&end) {
+            return;
+        }
+        if self.sent_ends.len() >= SENT_ENDS_KEPT {
+            self.sent_ends.pop_front();
+        }
+        self.sent_ends.push_back(end);
+    }
+
+    /// The client's rcv_nxt as far as the engine knows: its newest ACK.
+    fn rst_best_guess(&self) -> SeqNumber {
+        self.client_ack.unwrap_or(self.origin_max)
+    }
+
+    /// The highest sequence number sent to the client: the end of the
+    /// injected bytes (FIN counted), or of the origin's bytes before the cut
+    /// that passed through.
+    fn highest_sent_to_client(&self) -> SeqNumber {
+        let Some(sender) = &self.sender else {
+            return self.origin_max;
+        };
+        let body_len = self.body_len.unwrap_or(0);
+        let mut hi = self.seq_of(sender.max_sent());
+        if sender.fin_sent_ever() && sender.max_sent() >= body_len {
+            hi = self.seq_of(body_len).add(1);
+        }
+        // Before the cut is done the origin's own segments reach the client
+        // up to the cut (and the origin's FIN when the cut is the end).
+        let fin = u32::from(self.cut >= body_len);
+        let origin_part = self.origin_max.min_of(self.seq_of(self.cut).add(fin));
+        hi.max_of(origin_part)
+    }
+
+    /// Queues one round of RSTs to the client (see above).
+    fn queue_rst_round(&mut self) {
+        let best = self.rst_best_guess();
+        let hi = self.highest_sent_to_client();
+        let mut round: Vec<SeqNumber> = Vec::with_capacity(RST_ROUND_MAX);
+        round.push(best);
+        if hi.after(best) {
+            round.push(hi);
+            let below = hi.sub(1);
+            if below.after(best) {
+                round.push(below);
+            }
+            let mut between: Vec<SeqNumber> = self
+                .sent_ends
+                .iter()
+                .copied()
+                .filter(|e| e.after(best) && e.before(below))
+                .collect();
+            between.sort_unstable_by_key(|e| e.delta(best));
+            between.dedup();
+            let n = between.len();
+            if n > 0 {
+                let take = n.min(RST_BOUNDARIES_PER_ROUND);
+                let start = (usize::from(self.rst_rounds) * RST_BOUNDARIES_PER_ROUND) % n;
+                for i in 0..take {
+                    round.push(between[(start + i) % n]);
+                }
+            }
+        }
+        self.rst_rounds = self.rst_rounds.saturating_add(1);
+        // Sent in order: `poll_transmit` pops from the back.
+        round.reverse();
+        self.rst_round = round;
     }
 
     /// Our sequence number for control segments to the client.
@@ -1165,11 +1303,15 @@ impl Flow {
         if self.pending & pending::RST_CLIENT != 0 {
             self.pending &= !pending::RST_CLIENT;
             self.rst_client_budget = self.rst_client_budget.saturating_sub(1);
-            // The client accepts an RST whose sequence number is exactly
-            // its rcv_nxt; its latest ACK is our best knowledge of it (a
-            // challenge ACK would tell us the exact value: budget allows a
-            // few repeats).
-            let seq = self.client_ack.unwrap_or(self.origin_max);
+            // An answer to a client packet: its ACK (now `client_ack`) is
+            // the client's rcv_nxt when it sent it, the number RFC 5961
+            // requires.
+            let seq = self.rst_best_guess();
+            let seg = self.segment_to_client(now, seq, TcpFlags::RST.with(TcpFlags::ACK), &[]);
+            seg.emit(buf);
+            return Some(Destination::ToClient);
+        }
+        if let Some(seq) = self.rst_round.pop() {
             let seg = self.segment_to_client(now, seq, TcpFlags::RST.with(TcpFlags::ACK), &[]);
             seg.emit(buf);
             return Some(Destination::ToClient);
@@ -1206,6 +1348,7 @@ impl Flow {
                     return None;
                 }
                 let seq = self.seq_of(seg.offset);
+                self.note_sent_end(seq.add(seg.len as u32 + u32::from(seg.fin)));
                 let mut flags = TcpFlags::ACK;
                 if seg.len > 0 {
                     flags = flags.with(TcpFlags::PSH);

@@ -464,6 +464,41 @@ fn regression_origin_bytes_past_the_cut_before_the_decision() {
     });
 }
 
+#[test]
+fn regression_failed_flow_resets_a_client_whose_last_ack_was_lost() {
+    // Found by the 20,000-case property hunt: the client's last ACK before
+    // the failure was lost, so the engine's RST carried a stale sequence
+    // number (the last ACK it saw). The client answered it with one
+    // challenge ACK (RFC 5961), lost too, and ignored the timed repeats at
+    // the same stale number: it stayed ESTABLISHED for good. Each RST round
+    // now also tries the highest injected sequence number, the byte below
+    // it and the injected segment boundaries in between.
+    let cfg = SimConfig {
+        seed: 10126970546856170712,
+        body_len: 174426,
+        cut: 68638,
+        client_mss: 536,
+        client_rx: 65536,
+        timestamps: false,
+        sack: false,
+        loss: 0.00949677060172634,
+        dup: 0.021974467029463988,
+        delay: Duration::from_millis(3),
+        piece: 15113,
+        withhold: Some(145946),
+        avoid_seq_wrap: true,
+        limit: Duration::from_secs(120),
+        ..SimConfig::default()
+    };
+    let r = case(cfg);
+    let (failed, reset) = (r.failed_at.unwrap(), r.client_reset_at.unwrap());
+    println!(
+        "failed at {failed:?}, client reset {:?} later, {} RSTs to the client",
+        reset - failed,
+        r.rsts_to_client
+    );
+}
+
 // ----- ACK delay spikes (spurious retransmission timeouts) ------------------
 //
 // Session 3 measured, on a loaded router, client ACKs waiting in the

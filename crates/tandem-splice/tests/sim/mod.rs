@@ -200,6 +200,13 @@ pub struct SimReport {
     pub rto_after_spurious: Vec<Duration>,
     /// The flow's largest RTO (backoff included) over the run.
     pub max_rto: Duration,
+    /// Virtual time of `Event::Failed`.
+    pub failed_at: Option<Duration>,
+    /// Virtual time the client's socket was found reset (CLOSED without a
+    /// close of its own).
+    pub client_reset_at: Option<Duration>,
+    /// RST segments the engine sent towards the client.
+    pub rsts_to_client: u64,
 }
 
 #[derive(PartialEq, Eq)]
@@ -783,7 +790,10 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
                     report.progress.push(delivered);
                 }
                 Event::Finished { .. } => report.finished = true,
-                Event::Failed { .. } => report.failed = true,
+                Event::Failed { .. } => {
+                    report.failed = true;
+                    report.failed_at.get_or_insert(Duration::from_micros(t));
+                }
                 Event::FlowClosed { flow: f } => {
                     if Some(f) == flow {
                         report.flow_closed = true;
@@ -837,6 +847,7 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
                     && pool.is_empty()
                 {
                     engine.fail(now, f);
+                    report.failed_at = Some(Duration::from_micros(t));
                     fail_called = true;
                 }
             }
@@ -847,6 +858,15 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
             match tr.to {
                 Destination::ToClient => {
                     monitor.check(&tx_buf, true);
+                    if let Ok(meta) = parse_ip_tcp(&tx_buf) {
+                        if let Ok(tcp) =
+                            TcpPacket::new_checked(&tx_buf[meta.tcp_offset..meta.ip_len])
+                        {
+                            if tcp.flags().contains(TcpFlags::RST) {
+                                report.rsts_to_client += 1;
+                            }
+                        }
+                    }
                     if let Some(isn) = origin_isn {
                         let meta = parse_ip_tcp(&tx_buf).unwrap();
                         let tcp =
@@ -940,6 +960,7 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
             }
             if req_sent && s.state() == tcp::State::Closed && !client_closed_sent {
                 report.client_reset = true;
+                report.client_reset_at = Some(Duration::from_micros(t));
                 client_closed_sent = true;
             }
         }
@@ -1079,11 +1100,25 @@ pub fn assert_complete(cfg: &SimConfig, r: &SimReport) {
     );
 }
 
+/// How soon after `Event::Failed` the client must be reset: the engine's
+/// last timed RST round goes out 1 s after the failure.
+pub const RESET_WITHIN: Duration = Duration::from_millis(1500);
+
 /// Asserts the outcome of a download whose piece was withheld.
 #[track_caller]
 pub fn assert_reset(cfg: &SimConfig, r: &SimReport) {
     assert!(r.client_reset, "client must be reset: {r:?}");
     assert!(r.failed, "{r:?}");
+    // Within the engine's RST rounds (at the failure, then 200 ms, 600 ms
+    // and 1 s after it), not by some later accident.
+    let (Some(failed), Some(reset)) = (r.failed_at, r.client_reset_at) else {
+        panic!("no failure or reset time: {r:?}");
+    };
+    assert!(
+        reset <= failed + RESET_WITHIN,
+        "client reset {:?} after the failure: {r:?}",
+        reset.saturating_sub(failed)
+    );
     let w = cfg.withhold.unwrap();
     // The client may hold origin bytes past the cut that passed before the
     // decision (all checked byte for byte), but nothing the engine was not
