@@ -149,13 +149,14 @@ pub(crate) const RST_ROUND_MAX: usize = 3 + RST_BOUNDARIES_PER_ROUND;
 
 /// Injected segment boundaries tried per RST round (rotating over the
 /// boundaries between the client's last ACK and the highest byte sent).
-const RST_BOUNDARIES_PER_ROUND: usize = 5;
+const RST_BOUNDARIES_PER_ROUND: usize = 13;
 
 /// RSTs answering client packets (challenge ACKs among them) after a
 /// failure, each at the sequence number the packet acknowledges.
 pub(crate) const RST_ANSWERS: u8 = 8;
 
-/// Injected segment ends remembered as RST candidates (the most recent).
+/// Segment ends remembered as RST candidates: the lowest ones above the
+/// client's newest ACK.
 const SENT_ENDS_KEPT: usize = 64;
 
 /// Control packets waiting to be sent.
@@ -241,9 +242,14 @@ pub(crate) struct Flow {
     rst_round: Vec<SeqNumber>,
     /// Rounds queued so far (rotates the boundaries tried).
     rst_rounds: u8,
-    /// Ends (sequence numbers past the last byte, FIN counted) of the most
-    /// recent injected segments: where the client's `rcv_nxt` can be.
-    sent_ends: VecDeque<SeqNumber>,
+    /// Ends (stream offsets past the last byte, FIN counted: see
+    /// `stream_offset`) of segments towards the client, injected or the
+    /// origin's own: where the client's `rcv_nxt` can be. Sorted, without
+    /// duplicates, at most [`SENT_ENDS_KEPT`]: the lowest above the
+    /// client's newest ACK.
+    sent_ends: Vec<u64>,
+    /// End of the origin's segments that passed to the client (FIN counted).
+    origin_passed_end: SeqNumber,
     /// RSTs sent to the origin (repeated: one may be lost on the WAN).
     rst_origin_sent: u8,
     /// When to repeat the RST to the client (it may be lost).
@@ -314,7 +320,8 @@ impl Flow {
             rst_timer_fired: 0,
             rst_round: Vec::new(),
             rst_rounds: 0,
-            sent_ends: VecDeque::new(),
+            sent_ends: Vec::new(),
+            origin_passed_end: SeqNumber(0),
             rst_origin_sent: 0,
             rst_timer: None,
             linger_until: None,
@@ -399,6 +406,11 @@ impl Flow {
                     }
                     After::Keep
                 };
+                if dir == Direction::FromOrigin {
+                    // After `observe`: the segment that completes the head
+                    // is remembered as a boundary too.
+                    self.note_origin_passed(seg, seg.payload_len, true);
+                }
                 (Verdict::Accept, after)
             }
             FlowState::Streaming => self.on_streaming(now, cfg, dir, meta, seg, pkt, events),
@@ -440,6 +452,7 @@ impl Flow {
                 self.sack_ok = self.client_syn.sack && self.origin_syn.sack;
                 self.ts_ok = self.client_syn.ts && self.origin_syn.ts;
                 self.origin_max = seg.seq.add(1);
+                self.origin_passed_end = seg.seq.add(1);
                 self.resp_next = seg.seq.add(1);
                 self.track(now, dir, meta, seg);
                 self.state = FlowState::Observing;
@@ -784,6 +797,7 @@ impl Flow {
                     if seg.flags.contains(TcpFlags::FIN) && !start.before(cut_seq) {
                         return (Verdict::Drop, After::Keep);
                     }
+                    self.note_origin_passed(seg, seg.payload_len, true);
                     return (Verdict::Accept, After::Keep);
                 }
                 if !start.before(cut_seq) {
@@ -791,7 +805,11 @@ impl Flow {
                 }
                 // Straddles the cut: keep only the bytes before it.
                 let keep = cut_seq.delta(start) as usize;
-                (trim_segment(pkt, meta, seg, keep), After::Keep)
+                let verdict = trim_segment(pkt, meta, seg, keep);
+                if verdict != Verdict::Drop {
+                    self.note_origin_passed(seg, keep, false);
+                }
+                (verdict, After::Keep)
             }
             Direction::FromClient => {
                 if seg.flags.contains(TcpFlags::RST) {
@@ -1160,22 +1178,67 @@ impl Flow {
     //    reset on stacks that accept any in-window RST);
     // 3. the number below it (in the window whenever the client misses
     //    anything, even when the highest one is the window's right edge);
-    // 4. up to `RST_BOUNDARIES_PER_ROUND` ends of injected segments in
-    //    between, lowest first, rotating over the rounds.
+    // 4. up to `RST_BOUNDARIES_PER_ROUND` ends of segments sent to the
+    //    client in between (injected, or the origin's after its head),
+    //    lowest first, rotating over the rounds.
     //
     // Every client packet that arrives after the failure (a challenge ACK
     // among them) updates the best guess and is answered at once with one
     // RST at it. Only RSTs, never data; the origin's side is unchanged.
 
-    /// Remembers where an injected segment ended (a possible rcv_nxt).
+    /// Remembers where a segment to the client ended (a possible rcv_nxt).
+    ///
+    /// The rounds try the lowest candidates first (the client's rcv_nxt is
+    /// most often just above its last ACK the engine saw), so when the list
+    /// is full the ends the client acknowledged go first, then the highest.
     fn note_sent_end(&mut self, end: SeqNumber) {
-        if self.sent_ends.back() == Some(&end) {
+        let Ok(end) = u64::try_from(self.stream_offset(end)) else {
+            return;
+        };
+        let Err(mut at) = self.sent_ends.binary_search(&end) else {
+            return; // a retransmission: known already
+        };
+        if self.sent_ends.len() >= SENT_ENDS_KEPT {
+            let acked = self.client_ack.map_or(0, |a| self.stream_offset(a));
+            if (end as i64) <= acked {
+                return;
+            }
+            // Everything drained lies below `end`.
+            let gone = self.sent_ends.partition_point(|e| (*e as i64) <= acked);
+            self.sent_ends.drain(..gone);
+            at -= gone;
+            if self.sent_ends.len() >= SENT_ENDS_KEPT {
+                if at >= self.sent_ends.len() {
+                    return;
+                }
+                self.sent_ends.pop();
+            }
+        }
+        self.sent_ends.insert(at, end);
+    }
+
+    /// An origin segment passes to the client with its first `len` payload
+    /// bytes (and its FIN when `fin_kept`).
+    fn note_origin_passed(&mut self, seg: &SegInfo, len: usize, fin_kept: bool) {
+        let fin = fin_kept && seg.flags.contains(TcpFlags::FIN);
+        if len == 0 && !fin {
             return;
         }
-        if self.sent_ends.len() >= SENT_ENDS_KEPT {
-            self.sent_ends.pop_front();
+        let end = seg.seq.add(len as u32 + u32::from(fin));
+        self.origin_passed_end = self.origin_passed_end.max_of(end);
+        self.note_sent_end(end);
+    }
+
+    /// Position of `seq` in the origin's stream (0 = the first byte after
+    /// its SYN). Until the response head is parsed (the body's start is not
+    /// known yet) the plain distance from the SYN; from then on through the
+    /// body offset, so that bodies beyond 2 GiB stay ordered.
+    fn stream_offset(&self, seq: SeqNumber) -> i64 {
+        let start = self.origin_isn.add(1);
+        match self.state {
+            FlowState::Handshake | FlowState::Observing => i64::from(seq.delta(start)),
+            _ => i64::from(self.body_start.delta(start)) + self.offset_of(seq, self.cut),
         }
-        self.sent_ends.push_back(end);
     }
 
     /// The client's rcv_nxt as far as the engine knows: its newest ACK.
@@ -1184,8 +1247,8 @@ impl Flow {
     }
 
     /// The highest sequence number sent to the client: the end of the
-    /// injected bytes (FIN counted), or of the origin's bytes before the cut
-    /// that passed through.
+    /// injected bytes (FIN counted) or of the origin's segments that passed
+    /// through (before the decision they may reach past the cut).
     fn highest_sent_to_client(&self) -> SeqNumber {
         let Some(sender) = &self.sender else {
             return self.origin_max;
@@ -1195,11 +1258,7 @@ impl Flow {
         if sender.fin_sent_ever() && sender.max_sent() >= body_len {
             hi = self.seq_of(body_len).add(1);
         }
-        // Before the cut is done the origin's own segments reach the client
-        // up to the cut (and the origin's FIN when the cut is the end).
-        let fin = u32::from(self.cut >= body_len);
-        let origin_part = self.origin_max.min_of(self.seq_of(self.cut).add(fin));
-        hi.max_of(origin_part)
+        hi.max_of(self.origin_passed_end)
     }
 
     /// Queues one round of RSTs to the client (see above).
@@ -1214,14 +1273,14 @@ impl Flow {
             if below.after(best) {
                 round.push(below);
             }
-            let mut between: Vec<SeqNumber> = self
+            let (lo, hi_off) = (self.stream_offset(best), self.stream_offset(below));
+            let start = self.origin_isn.add(1);
+            let between: Vec<SeqNumber> = self
                 .sent_ends
                 .iter()
-                .copied()
-                .filter(|e| e.after(best) && e.before(below))
+                .filter(|e| (**e as i64) > lo && (**e as i64) < hi_off)
+                .map(|e| start.add(*e as u32))
                 .collect();
-            between.sort_unstable_by_key(|e| e.delta(best));
-            between.dedup();
             let n = between.len();
             if n > 0 {
                 let take = n.min(RST_BOUNDARIES_PER_ROUND);

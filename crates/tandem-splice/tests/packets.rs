@@ -1023,7 +1023,7 @@ fn a_failure_tries_every_place_the_clients_rcv_nxt_can_be() {
     let rounds = rst_rounds_after_fail(&mut p);
     assert_eq!(rounds.len(), 4, "one round at the failure, three repeats");
     for r in &rounds {
-        assert!(!r.is_empty() && r.len() <= 8, "{r:?}");
+        assert!(!r.is_empty() && r.len() <= 16, "{r:?}");
         // Best guess first, then the highest byte sent, then the one below.
         assert_eq!(r[0], p.body_seq(2896));
         assert_eq!(r[1], p.body_seq(14_480));
@@ -1038,10 +1038,10 @@ fn a_failure_tries_every_place_the_clients_rcv_nxt_can_be() {
             k * 1448
         );
     }
-    // The boundaries between come lowest first in the first round.
+    // The boundaries between come lowest first, all in the first round.
     assert_eq!(
         rounds[0][3..],
-        [4344, 5792, 7240, 8688, 10_136].map(|o| p.body_seq(o))
+        [4344, 5792, 7240, 8688, 10_136, 11_584, 13_032].map(|o| p.body_seq(o))
     );
 }
 
@@ -1122,7 +1122,7 @@ fn a_challenge_ack_is_answered_at_once_at_its_number() {
 
 #[test]
 fn rsts_to_the_client_after_a_failure_are_bounded() {
-    // Documented bound: 4 rounds of at most 8, plus 8 answers.
+    // Documented bound: 4 rounds of at most 16, plus 8 answers.
     let mut p = flight_with_stale_ack();
     let flow = p.flow.unwrap();
     p.engine.fail(p.now, flow);
@@ -1146,7 +1146,29 @@ fn rsts_to_the_client_after_a_failure_are_bounded() {
         }
         p.advance(7);
     }
-    assert!(to_client <= 4 * 8 + 8, "{to_client} RSTs to the client");
+    assert!(to_client <= 4 * 16 + 8, "{to_client} RSTs to the client");
     assert!(to_client >= 4 * 3, "{to_client}");
     assert_eq!(to_origin, 3, "the origin's RST and its two repeats");
+}
+
+#[test]
+fn origin_segments_the_client_may_hold_are_candidates_too() {
+    // Before the decision the origin's segments pass whole, past the cut
+    // too: the client's rcv_nxt can be the end of any of them (the session-4
+    // hunt found one at such a boundary, not an injected one).
+    let mut p = Pair::new(false, true, true);
+    let flow = p.open(100_000, 0);
+    for (a, b) in [(0, 1448), (1448, 2896), (2896, 4344)] {
+        assert_eq!(p.origin_data(a, b).0, Verdict::Accept);
+    }
+    assert_eq!(p.engine.accelerate(p.now, flow, 1000).unwrap(), 1000);
+    let _ = p.recv_all();
+    let rounds = rst_rounds_after_fail(&mut p);
+    let all: Vec<u32> = rounds.concat();
+    // The client acknowledged nothing of the body; it may hold the head
+    // only, or any prefix of the three segments.
+    for o in [0, 1448, 2896, 4344] {
+        assert!(all.contains(&p.body_seq(o)), "body {o}: {all:?}");
+    }
+    assert_eq!(rounds[0][1], p.body_seq(4344), "the highest byte sent");
 }

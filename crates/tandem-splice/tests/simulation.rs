@@ -490,13 +490,29 @@ fn regression_failed_flow_resets_a_client_whose_last_ack_was_lost() {
         limit: Duration::from_secs(120),
         ..SimConfig::default()
     };
-    let r = case(cfg);
+    let r = case(cfg.clone());
     let (failed, reset) = (r.failed_at.unwrap(), r.client_reset_at.unwrap());
     println!(
         "failed at {failed:?}, client reset {:?} later, {} RSTs to the client",
         reset - failed,
         r.rsts_to_client
     );
+    // The same against a client that resets only on the exact number (as
+    // Linux does, RFC 5961) and whose challenge ACKs are all lost: the
+    // client held one segment past the engine's last view of its ACK, an
+    // injected segment boundary the first round tries.
+    let r = case(SimConfig {
+        strict_rst: true,
+        ..cfg
+    });
+    let (failed, reset) = (r.failed_at.unwrap(), r.client_reset_at.unwrap());
+    println!(
+        "strict: client reset {:?} after the failure, {} RSTs sent, {} not exact",
+        reset - failed,
+        r.rsts_to_client,
+        r.rsts_not_exact
+    );
+    assert!(r.rsts_not_exact > 0, "{r:?}");
 }
 
 // ----- ACK delay spikes (spurious retransmission timeouts) ------------------
@@ -842,4 +858,34 @@ fn regression_retransmit_limit_while_the_origin_is_slow_to_reach_the_cut() {
         avoid_seq_wrap: true,
         ..SimConfig::default()
     });
+}
+
+#[test]
+fn regression_strict_client_holding_origin_bytes_past_the_cut() {
+    // Found by the withheld-piece hunt with an RFC 5961 client whose
+    // challenge ACKs are lost (`strict_rst`): reordering brought the
+    // origin's body segments to the router before its head, so they passed
+    // (up to 38 KB past the cut) before the decision; the client's rcv_nxt
+    // ended at one of those origin segment boundaries (a lost one after
+    // it), and its last ACK was lost. The rounds now try the origin's
+    // segment ends too (remembered from the SYN on, as stream offsets).
+    let r = case(SimConfig {
+        seed: 1406355914645088018,
+        body_len: 236420,
+        cut: 27465,
+        client_mss: 874,
+        client_rx: 65536,
+        timestamps: true,
+        sack: false,
+        loss: 0.046836947606614714,
+        dup: 0.03681459065292271,
+        delay: Duration::from_millis(1),
+        piece: 16074,
+        withhold: Some(109826),
+        avoid_seq_wrap: true,
+        strict_rst: true,
+        limit: Duration::from_secs(30),
+        ..SimConfig::default()
+    });
+    assert!(r.rsts_not_exact > 0, "{r:?}");
 }

@@ -110,6 +110,12 @@ pub struct SimConfig {
     /// `TcpSeqNumber` is an `i32` cast to `usize`). Found by the property
     /// test; the engine is not involved (main's sender hits it too).
     pub avoid_seq_wrap: bool,
+    /// The client takes RSTs as RFC 5961 section 3 says and Linux does,
+    /// with every challenge ACK lost: an RST resets it only when its
+    /// sequence number is exactly the client's newest ACK (its rcv_nxt);
+    /// any other RST is dropped before it reaches the client (smoltcp
+    /// itself accepts any RST inside its window).
+    pub strict_rst: bool,
     pub engine: EngineConfig,
 }
 
@@ -153,6 +159,7 @@ impl Default for SimConfig {
             ack_spikes: Vec::new(),
             drop_injected: Vec::new(),
             avoid_seq_wrap: false,
+            strict_rst: false,
             engine: EngineConfig::default(),
         }
     }
@@ -207,6 +214,8 @@ pub struct SimReport {
     pub client_reset_at: Option<Duration>,
     /// RST segments the engine sent towards the client.
     pub rsts_to_client: u64,
+    /// RSTs dropped by `strict_rst` (not at the client's rcv_nxt).
+    pub rsts_not_exact: u64,
 }
 
 #[derive(PartialEq, Eq)]
@@ -368,6 +377,18 @@ fn strip_sack_permitted(pkt: &mut [u8]) {
     if let Some(at) = at {
         tcp.replace_bytes(at, &[1, 1]);
     }
+}
+
+/// False for an RST whose sequence number is not `rcv_nxt` (the client's
+/// newest ACK); true for every other packet.
+fn rst_exact(pkt: &[u8], rcv_nxt: Option<u32>) -> bool {
+    let Ok(meta) = parse_ip_tcp(pkt) else {
+        return true;
+    };
+    let Ok(tcp) = TcpPacket::new_checked(&pkt[meta.tcp_offset..meta.ip_len]) else {
+        return true;
+    };
+    !tcp.flags().contains(TcpFlags::RST) || Some(tcp.seq().0) == rcv_nxt
 }
 
 fn is_zero_window_ack(pkt: &[u8]) -> bool {
@@ -678,6 +699,13 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
             let p = heap.pop().unwrap();
             match p.to {
                 Hop::ToClient => {
+                    if cfg.strict_rst && !rst_exact(&p.data, monitor.last_ack_sent) {
+                        report.rsts_not_exact += 1;
+                        if std::env::var_os("SIM_TRACE").is_some() {
+                            trace(t, "rst-ignored", &p.data);
+                        }
+                        continue;
+                    }
                     if std::env::var_os("SIM_TRACE").is_some() {
                         trace(t, "->client", &p.data);
                     }
