@@ -144,12 +144,16 @@ pub(crate) const RST_REPEATS: u8 = 3;
 
 /// RSTs to the client in one round: the best guess of the client's
 /// `rcv_nxt`, the highest sequence number sent to it, the number below that
-/// and up to [`RST_BOUNDARIES_PER_ROUND`] injected segment boundaries.
+/// and up to [`RST_BOUNDARIES_PER_ROUND`] segment boundaries (72 RSTs per
+/// failure at most, with [`RST_REPEATS`] and [`RST_ANSWERS`]).
 pub(crate) const RST_ROUND_MAX: usize = 3 + RST_BOUNDARIES_PER_ROUND;
 
-/// Injected segment boundaries tried per RST round (rotating over the
-/// boundaries between the client's last ACK and the highest byte sent).
+/// Segment boundaries tried per RST round (rotating over the boundaries
+/// between the client's last ACK and the highest byte sent).
 const RST_BOUNDARIES_PER_ROUND: usize = 13;
+
+// The documented bound (docs/splice.md): RSTs to the client per failure.
+const _: () = assert!((1 + RST_REPEATS as usize) * RST_ROUND_MAX + RST_ANSWERS as usize == 72);
 
 /// RSTs answering client packets (challenge ACKs among them) after a
 /// failure, each at the sequence number the packet acknowledges.

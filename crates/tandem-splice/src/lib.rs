@@ -49,10 +49,10 @@
 //!   out in timed rounds (at once, then 200, 600 and 1400 ms later with the
 //!   default `min_rto`) that try every place the client's `rcv_nxt` can be
 //!   (its newest ACK, the highest sequence number sent, the one below it,
-//!   injected segment boundaries between), so that an RFC 5961 receiver is
+//!   segment boundaries between), so that an RFC 5961 receiver is
 //!   reset even when its last ACKs were lost; client packets after the
 //!   failure (challenge ACKs) are answered with an RST at their ACK. At
-//!   most 40 RSTs go to the client per failed flow, never data.
+//!   most 72 RSTs go to the client per failed flow, never data.
 //! - Timers: [`Engine::poll_timeout`] gives the next deadline;
 //!   call [`Engine::handle_timeout`]`(now)` when it passes.
 //!

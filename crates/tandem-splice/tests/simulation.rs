@@ -472,7 +472,7 @@ fn regression_failed_flow_resets_a_client_whose_last_ack_was_lost() {
     // challenge ACK (RFC 5961), lost too, and ignored the timed repeats at
     // the same stale number: it stayed ESTABLISHED for good. Each RST round
     // now also tries the highest injected sequence number, the byte below
-    // it and the injected segment boundaries in between.
+    // it and the segment boundaries in between.
     let cfg = SimConfig {
         seed: 10126970546856170712,
         body_len: 174426,
