@@ -12,6 +12,7 @@ use tandem_wire::{
 };
 
 use crate::buffer::InsertError;
+use crate::ends::SegmentEnds;
 use crate::sender::{Ack, Sender, SenderConfig, SenderCounters};
 use crate::types::{
     Destination, Direction, EngineConfig, Event, FailReason, FlowId, SpliceError, Verdict,
@@ -159,10 +160,6 @@ const _: () = assert!((1 + RST_REPEATS as usize) * RST_ROUND_MAX + RST_ANSWERS a
 /// failure, each at the sequence number the packet acknowledges.
 pub(crate) const RST_ANSWERS: u8 = 8;
 
-/// Segment ends remembered as RST candidates: the lowest ones above the
-/// client's newest ACK.
-const SENT_ENDS_KEPT: usize = 64;
-
 /// Control packets waiting to be sent.
 mod pending {
     pub const ACK_ORIGIN: u8 = 1;
@@ -248,10 +245,8 @@ pub(crate) struct Flow {
     rst_rounds: u8,
     /// Ends (stream offsets past the last byte, FIN counted: see
     /// `stream_offset`) of segments towards the client, injected or the
-    /// origin's own: where the client's `rcv_nxt` can be. Sorted, without
-    /// duplicates, at most [`SENT_ENDS_KEPT`]: the lowest above the
-    /// client's newest ACK.
-    sent_ends: Vec<u64>,
+    /// origin's own: where the client's `rcv_nxt` can be (bounded).
+    sent_ends: SegmentEnds,
     /// End of the origin's segments that passed to the client (FIN counted).
     origin_passed_end: SeqNumber,
     /// RSTs sent to the origin (repeated: one may be lost on the WAN).
@@ -324,7 +319,7 @@ impl Flow {
             rst_timer_fired: 0,
             rst_round: Vec::new(),
             rst_rounds: 0,
-            sent_ends: Vec::new(),
+            sent_ends: SegmentEnds::default(),
             origin_passed_end: SeqNumber(0),
             rst_origin_sent: 0,
             rst_timer: None,
@@ -1191,34 +1186,14 @@ impl Flow {
     // RST at it. Only RSTs, never data; the origin's side is unchanged.
 
     /// Remembers where a segment to the client ended (a possible rcv_nxt).
-    ///
-    /// The rounds try the lowest candidates first (the client's rcv_nxt is
-    /// most often just above its last ACK the engine saw), so when the list
-    /// is full the ends the client acknowledged go first, then the highest.
     fn note_sent_end(&mut self, end: SeqNumber) {
         let Ok(end) = u64::try_from(self.stream_offset(end)) else {
             return;
         };
-        let Err(mut at) = self.sent_ends.binary_search(&end) else {
-            return; // a retransmission: known already
-        };
-        if self.sent_ends.len() >= SENT_ENDS_KEPT {
-            let acked = self.client_ack.map_or(0, |a| self.stream_offset(a));
-            if (end as i64) <= acked {
-                return;
-            }
-            // Everything drained lies below `end`.
-            let gone = self.sent_ends.partition_point(|e| (*e as i64) <= acked);
-            self.sent_ends.drain(..gone);
-            at -= gone;
-            if self.sent_ends.len() >= SENT_ENDS_KEPT {
-                if at >= self.sent_ends.len() {
-                    return;
-                }
-                self.sent_ends.pop();
-            }
-        }
-        self.sent_ends.insert(at, end);
+        let acked = self
+            .client_ack
+            .map_or(0, |a| self.stream_offset(a).max(0) as u64);
+        self.sent_ends.note(end, acked);
     }
 
     /// An origin segment passes to the client with its first `len` payload
@@ -1277,13 +1252,16 @@ impl Flow {
             if below.after(best) {
                 round.push(below);
             }
-            let (lo, hi_off) = (self.stream_offset(best), self.stream_offset(below));
+            // The lowest candidates the rounds can try, all of them.
+            let lo = self.stream_offset(best).max(0) as u64;
+            let hi_off = self.stream_offset(below).max(0) as u64;
+            let max = RST_BOUNDARIES_PER_ROUND * (1 + usize::from(RST_REPEATS));
             let start = self.origin_isn.add(1);
             let between: Vec<SeqNumber> = self
                 .sent_ends
-                .iter()
-                .filter(|e| (**e as i64) > lo && (**e as i64) < hi_off)
-                .map(|e| start.add(*e as u32))
+                .lowest_between(lo, hi_off, max)
+                .into_iter()
+                .map(|e| start.add(e as u32))
                 .collect();
             let n = between.len();
             if n > 0 {

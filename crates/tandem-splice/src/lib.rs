@@ -89,6 +89,7 @@
 //! `docs/splice.md` for the reasoning.
 
 mod buffer;
+mod ends;
 mod engine;
 mod flow;
 mod sender;

@@ -889,3 +889,32 @@ fn regression_strict_client_holding_origin_bytes_past_the_cut() {
     });
     assert!(r.rsts_not_exact > 0, "{r:?}");
 }
+
+#[test]
+fn regression_strict_client_holding_the_whole_body_from_before_the_decision() {
+    // Found by the withheld-piece hunt with `strict_rst`: the response head
+    // was lost and came last, so the whole body (236 KB) passed before the
+    // decision; the client lost a segment at about 174.8 KB (past the cut),
+    // its last ACK was lost, and the engine had last seen about 107.9 KB.
+    // The rcv_nxt is one of ~45 segment ends in between: the list of 64 ends
+    // (the lowest) had dropped it. The ends are now kept as arithmetic runs
+    // (one run for the whole in-order body).
+    let r = case(SimConfig {
+        seed: 7692301452584149836,
+        body_len: 236404,
+        cut: 170397,
+        client_mss: 1460,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: false,
+        loss: 0.04543200952523347,
+        delay: Duration::from_millis(3),
+        piece: 13202,
+        withhold: Some(198300),
+        avoid_seq_wrap: true,
+        strict_rst: true,
+        limit: Duration::from_secs(30),
+        ..SimConfig::default()
+    });
+    assert!(r.rsts_not_exact > 0, "{r:?}");
+}
