@@ -152,6 +152,64 @@ impl SegmentEnds {
         out
     }
 
+    /// The highest `max` ends strictly between `lo` and `hi`, descending,
+    /// without duplicates.
+    pub(crate) fn highest_between(&self, lo: u64, hi: u64, max: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        for run in &self.runs {
+            if run.first >= hi || run.last() <= lo {
+                continue;
+            }
+            // The last element below `hi`.
+            let mut k = if run.last() < hi {
+                run.count - 1
+            } else {
+                // stride > 0: `first < hi <= last`.
+                (hi - 1 - run.first) / run.stride
+            };
+            let mut taken = 0;
+            loop {
+                let e = run.first + k * run.stride;
+                if e <= lo || taken >= max {
+                    break;
+                }
+                out.push(e);
+                taken += 1;
+                if k == 0 {
+                    break;
+                }
+                k -= 1;
+            }
+        }
+        out.sort_unstable_by(|a, b| b.cmp(a));
+        out.dedup();
+        out.truncate(max);
+        out
+    }
+
+    /// Up to `max` ends strictly between `lo` and `hi`, from both sides
+    /// alternately: the lowest, the highest, the second lowest, … (the
+    /// client's rcv_nxt is most likely just above its last ACK the engine
+    /// saw, or just below the highest byte sent).
+    pub(crate) fn spread_between(&self, lo: u64, hi: u64, max: usize) -> Vec<u64> {
+        let low = self.lowest_between(lo, hi, max);
+        let high = self.highest_between(lo, hi, max);
+        let mut out = Vec::with_capacity(max);
+        let (mut a, mut b) = (low.iter(), high.iter());
+        while out.len() < max {
+            let (x, y) = (a.next(), b.next());
+            if x.is_none() && y.is_none() {
+                break;
+            }
+            for e in [x, y].into_iter().flatten() {
+                if out.len() < max && !out.contains(e) {
+                    out.push(*e);
+                }
+            }
+        }
+        out
+    }
+
     /// Runs kept (for tests and diagnostics).
     #[cfg(test)]
     fn runs(&self) -> usize {
@@ -233,6 +291,26 @@ mod tests {
         assert!(r.trim(130));
         assert_eq!((r.first, r.count, r.stride), (140, 1, 0));
         assert!(!r.trim(140));
+    }
+
+    #[test]
+    fn spread_takes_both_ends_of_the_range() {
+        let mut e = SegmentEnds::default();
+        for k in 1..=100u64 {
+            e.note(k * 536, 0);
+        }
+        e.note(100 * 536 + 17, 0); // a short last segment
+        assert_eq!(
+            e.highest_between(536, 100 * 536 + 17, 3),
+            vec![100 * 536, 99 * 536, 98 * 536]
+        );
+        assert_eq!(
+            e.spread_between(536, 100 * 536 + 17, 5),
+            vec![2 * 536, 100 * 536, 3 * 536, 99 * 536, 4 * 536]
+        );
+        // Fewer than asked: each once.
+        assert_eq!(e.spread_between(0, 3 * 536, 10), vec![536, 2 * 536]);
+        assert_eq!(e.highest_between(0, u64::MAX, 1), vec![100 * 536 + 17]);
     }
 
     #[test]

@@ -147,11 +147,11 @@ pub(crate) const RST_REPEATS: u8 = 3;
 /// `rcv_nxt`, the highest sequence number sent to it, the number below that
 /// and up to [`RST_BOUNDARIES_PER_ROUND`] segment boundaries (72 RSTs per
 /// failure at most, with [`RST_REPEATS`] and [`RST_ANSWERS`]).
-pub(crate) const RST_ROUND_MAX: usize = 3 + RST_BOUNDARIES_PER_ROUND;
+pub(crate) const RST_ROUND_MAX: usize = 4 + RST_BOUNDARIES_PER_ROUND;
 
 /// Segment boundaries tried per RST round (rotating over the boundaries
 /// between the client's last ACK and the highest byte sent).
-const RST_BOUNDARIES_PER_ROUND: usize = 13;
+const RST_BOUNDARIES_PER_ROUND: usize = 12;
 
 // The documented bound (docs/splice.md): RSTs to the client per failure.
 const _: () = assert!((1 + RST_REPEATS as usize) * RST_ROUND_MAX + RST_ANSWERS as usize == 72);
@@ -1177,9 +1177,11 @@ impl Flow {
     //    reset on stacks that accept any in-window RST);
     // 3. the number below it (in the window whenever the client misses
     //    anything, even when the highest one is the window's right edge);
-    // 4. up to `RST_BOUNDARIES_PER_ROUND` ends of segments sent to the
-    //    client in between (injected, or the origin's after its head),
-    //    lowest first, rotating over the rounds.
+    // 4. the cut (where the origin's bytes end for a client that no
+    //    injected segment reached);
+    // 5. up to `RST_BOUNDARIES_PER_ROUND` ends of segments sent to the
+    //    client in between (injected or the origin's own), from both ends
+    //    of the range alternately, rotating over the rounds.
     //
     // Every client packet that arrives after the failure (a challenge ACK
     // among them) updates the best guess and is answered at once with one
@@ -1252,16 +1254,23 @@ impl Flow {
             if below.after(best) {
                 round.push(below);
             }
-            // The lowest candidates the rounds can try, all of them.
+            // The cut: where the origin's bytes end for a client that no
+            // injected segment reached.
+            let cut = self.seq_of(self.cut);
+            if self.sender.is_some() && cut.after(best) && cut.before(below) {
+                round.push(cut);
+            }
+            // The candidates the rounds can try, from both ends of the range.
             let lo = self.stream_offset(best).max(0) as u64;
             let hi_off = self.stream_offset(below).max(0) as u64;
             let max = RST_BOUNDARIES_PER_ROUND * (1 + usize::from(RST_REPEATS));
             let start = self.origin_isn.add(1);
             let between: Vec<SeqNumber> = self
                 .sent_ends
-                .lowest_between(lo, hi_off, max)
+                .spread_between(lo, hi_off, max)
                 .into_iter()
                 .map(|e| start.add(e as u32))
+                .filter(|e| *e != cut)
                 .collect();
             let n = between.len();
             if n > 0 {

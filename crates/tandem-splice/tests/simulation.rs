@@ -918,3 +918,32 @@ fn regression_strict_client_holding_the_whole_body_from_before_the_decision() {
     });
     assert!(r.rsts_not_exact > 0, "{r:?}");
 }
+
+#[test]
+fn regression_strict_client_stopped_at_the_cut() {
+    // Found by the withheld-piece hunt with `strict_rst`: 536-byte segments,
+    // most of the body passed before the decision, the client's rcv_nxt was
+    // exactly the cut (no injected segment reached it in order) and the
+    // engine had not seen its ACK of the cut: the cut lay beyond the lowest
+    // 52 candidates, the only ones tried then. Each round now tries the
+    // cut, and boundaries from both ends of the range.
+    let r = case(SimConfig {
+        seed: 16974735758753250813,
+        body_len: 218863,
+        cut: 127452,
+        client_mss: 536,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: false,
+        loss: 0.03933789145790784,
+        dup: 0.025901631909083324,
+        delay: Duration::from_millis(4),
+        piece: 45706,
+        withhold: Some(187331),
+        avoid_seq_wrap: true,
+        strict_rst: true,
+        limit: Duration::from_secs(30),
+        ..SimConfig::default()
+    });
+    assert!(r.rsts_not_exact > 0, "{r:?}");
+}
