@@ -503,6 +503,7 @@ fn regression_failed_flow_resets_a_client_whose_last_ack_was_lost() {
     // injected segment boundary the first round tries.
     let r = case(SimConfig {
         strict_rst: true,
+        challenges_lost: true,
         ..cfg
     });
     let (failed, reset) = (r.failed_at.unwrap(), r.client_reset_at.unwrap());
@@ -884,6 +885,7 @@ fn regression_strict_client_holding_origin_bytes_past_the_cut() {
         withhold: Some(109826),
         avoid_seq_wrap: true,
         strict_rst: true,
+        challenges_lost: true,
         limit: Duration::from_secs(30),
         ..SimConfig::default()
     });
@@ -913,6 +915,7 @@ fn regression_strict_client_holding_the_whole_body_from_before_the_decision() {
         withhold: Some(198300),
         avoid_seq_wrap: true,
         strict_rst: true,
+        challenges_lost: true,
         limit: Duration::from_secs(30),
         ..SimConfig::default()
     });
@@ -942,8 +945,39 @@ fn regression_strict_client_stopped_at_the_cut() {
         withhold: Some(187331),
         avoid_seq_wrap: true,
         strict_rst: true,
+        challenges_lost: true,
         limit: Duration::from_secs(30),
         ..SimConfig::default()
     });
     assert!(r.rsts_not_exact > 0, "{r:?}");
+}
+
+#[test]
+fn regression_strict_client_answers_with_a_challenge_ack() {
+    // Found by the withheld-piece hunt when `strict_rst` dropped every
+    // challenge ACK: the client's rcv_nxt lay 36 segments above the last
+    // ACK the engine saw and 28 below the highest byte sent, beyond the 48
+    // boundaries the rounds try blind. A client that follows RFC 5961
+    // answers the in-window RSTs with a challenge ACK; the engine answers
+    // that at its number. (With every challenge ACK lost this case stays
+    // ESTABLISHED: the documented limit of blind probing.)
+    let r = case(SimConfig {
+        seed: 15912024416408230905,
+        body_len: 223396,
+        cut: 183802,
+        client_mss: 536,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: true,
+        loss: 0.03920114370688053,
+        reorder: 0.034976219957801515,
+        delay: Duration::from_millis(4),
+        piece: 37521,
+        withhold: Some(222711),
+        avoid_seq_wrap: true,
+        strict_rst: true,
+        limit: Duration::from_secs(30),
+        ..SimConfig::default()
+    });
+    assert!(r.challenge_acks > 0 && r.rsts_not_exact > 0, "{r:?}");
 }

@@ -110,12 +110,17 @@ pub struct SimConfig {
     /// `TcpSeqNumber` is an `i32` cast to `usize`). Found by the property
     /// test; the engine is not involved (main's sender hits it too).
     pub avoid_seq_wrap: bool,
-    /// The client takes RSTs as RFC 5961 section 3 says and Linux does,
-    /// with every challenge ACK lost: an RST resets it only when its
-    /// sequence number is exactly the client's newest ACK (its rcv_nxt);
-    /// any other RST is dropped before it reaches the client (smoltcp
-    /// itself accepts any RST inside its window).
+    /// The client takes RSTs as RFC 5961 section 3 says and Linux does: an
+    /// RST resets it only when its sequence number is exactly the client's
+    /// newest ACK (its rcv_nxt); one above it inside the receive window
+    /// (`client_rx`) draws a challenge ACK (a copy of the client's last pure
+    /// ACK, at most one per 500 ms as Linux's `tcp_invalid_ratelimit`, over
+    /// the lossy link); any other is dropped before it reaches the client
+    /// (smoltcp itself accepts any RST inside its window).
     pub strict_rst: bool,
+    /// With `strict_rst`: every challenge ACK is lost (the engine must hit
+    /// the exact number blind).
+    pub challenges_lost: bool,
     pub engine: EngineConfig,
 }
 
@@ -160,6 +165,7 @@ impl Default for SimConfig {
             drop_injected: Vec::new(),
             avoid_seq_wrap: false,
             strict_rst: false,
+            challenges_lost: false,
             engine: EngineConfig::default(),
         }
     }
@@ -216,6 +222,8 @@ pub struct SimReport {
     pub rsts_to_client: u64,
     /// RSTs dropped by `strict_rst` (not at the client's rcv_nxt).
     pub rsts_not_exact: u64,
+    /// Challenge ACKs `strict_rst` sent for them.
+    pub challenge_acks: u64,
 }
 
 #[derive(PartialEq, Eq)]
@@ -377,6 +385,13 @@ fn strip_sack_permitted(pkt: &mut [u8]) {
     if let Some(at) = at {
         tcp.replace_bytes(at, &[1, 1]);
     }
+}
+
+/// The sequence number of an RST, `None` for anything else.
+fn rst_seq(pkt: &[u8]) -> Option<u32> {
+    let meta = parse_ip_tcp(pkt).ok()?;
+    let tcp = TcpPacket::new_checked(&pkt[meta.tcp_offset..meta.ip_len]).ok()?;
+    tcp.flags().contains(TcpFlags::RST).then(|| tcp.seq().0)
 }
 
 /// False for an RST whose sequence number is not `rcv_nxt` (the client's
@@ -685,6 +700,9 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
         }};
     }
 
+    // The client's newest pure ACK and its last challenge ACK (strict_rst).
+    let mut last_pure_ack: Option<Vec<u8>> = None;
+    let mut last_challenge: Option<u64> = None;
     let mut steps: u64 = 0;
     let mut origin_isn: Option<tandem_wire::SeqNumber> = None;
     let mut stop_seen = false;
@@ -703,6 +721,25 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
                         report.rsts_not_exact += 1;
                         if std::env::var_os("SIM_TRACE").is_some() {
                             trace(t, "rst-ignored", &p.data);
+                        }
+                        let in_window = match (rst_seq(&p.data), monitor.last_ack_sent) {
+                            (Some(seq), Some(nxt)) => {
+                                let d = seq.wrapping_sub(nxt);
+                                d > 0 && d as usize <= cfg.client_rx
+                            }
+                            _ => false,
+                        };
+                        let allowed = last_challenge.is_none_or(|c| t >= c + 500_000);
+                        let sent = !cfg.challenges_lost;
+                        if let (true, true, true, Some(ack)) =
+                            (sent, in_window, allowed, last_pure_ack.clone())
+                        {
+                            last_challenge = Some(t);
+                            report.challenge_acks += 1;
+                            if std::env::var_os("SIM_TRACE").is_some() {
+                                trace(t, "challenge", &ack);
+                            }
+                            send_on_link!(Hop::EngineFromClient, ack);
                         }
                         continue;
                     }
@@ -1037,6 +1074,14 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
                 if let Ok(tcp) = TcpPacket::new_checked(&p[meta.tcp_offset..meta.ip_len]) {
                     if tcp.flags().contains(TcpFlags::ACK) {
                         monitor.last_ack_sent = Some(tcp.ack().0);
+                        let f = tcp.flags();
+                        if tcp.payload().is_empty()
+                            && !f.contains(TcpFlags::SYN)
+                            && !f.contains(TcpFlags::FIN)
+                            && !f.contains(TcpFlags::RST)
+                        {
+                            last_pure_ack = Some(p.clone());
+                        }
                     }
                 }
             }
