@@ -274,7 +274,11 @@ impl Engine {
         self.flows.get(&flow).map_or(0, Flow::buffer_room)
     }
 
-    /// The rest of the body cannot be delivered: reset the client.
+    /// The rest of the body cannot be delivered: reset the client (RST
+    /// rounds at the candidate sequence numbers, bounded; see the crate
+    /// doc) and the origin. A flow that already failed or closed is left
+    /// as it is; one whose body the client already acknowledged whole only
+    /// has its origin reset.
     pub fn fail(&mut self, now: Instant, flow: FlowId) {
         if let Some(f) = self.flows.get_mut(&flow) {
             if f.is_active() {

@@ -12,6 +12,7 @@ use tandem_wire::{
 };
 
 use crate::buffer::InsertError;
+use crate::ends::SegmentEnds;
 use crate::sender::{Ack, Sender, SenderConfig, SenderCounters};
 use crate::types::{
     Destination, Direction, EngineConfig, Event, FailReason, FlowId, SpliceError, Verdict,
@@ -138,6 +139,27 @@ impl SegInfo {
 /// How far injected TSvals run ahead of the estimated origin clock.
 const TS_LEAD_MS: u32 = 1000;
 
+/// Timed RST rounds to the client after a failure (the first at the
+/// failure, then [`RST_REPEATS`] repeats).
+pub(crate) const RST_REPEATS: u8 = 3;
+
+/// RSTs to the client in one round: the best guess of the client's
+/// `rcv_nxt`, the highest sequence number sent to it, the number below that
+/// and up to [`RST_BOUNDARIES_PER_ROUND`] segment boundaries (72 RSTs per
+/// failure at most, with [`RST_REPEATS`] and [`RST_ANSWERS`]).
+pub(crate) const RST_ROUND_MAX: usize = 4 + RST_BOUNDARIES_PER_ROUND;
+
+/// Segment boundaries tried per RST round (rotating over the boundaries
+/// between the client's last ACK and the highest byte sent).
+const RST_BOUNDARIES_PER_ROUND: usize = 12;
+
+// The documented bound (docs/splice.md): RSTs to the client per failure.
+const _: () = assert!((1 + RST_REPEATS as usize) * RST_ROUND_MAX + RST_ANSWERS as usize == 72);
+
+/// RSTs answering client packets (challenge ACKs among them) after a
+/// failure, each at the sequence number the packet acknowledges.
+pub(crate) const RST_ANSWERS: u8 = 8;
+
 /// Control packets waiting to be sent.
 mod pending {
     pub const ACK_ORIGIN: u8 = 1;
@@ -210,9 +232,23 @@ pub(crate) struct Flow {
     origin_gone: bool,
     last_origin_ack: Option<Instant>,
     pending: u8,
+    /// RSTs left that answer client packets after a failure.
     rst_client_budget: u8,
-    /// Timed repeats of the RST to the client left.
+    /// Timed repeats of the RST round to the client left.
     rst_client_repeats: u8,
+    /// Timer firings since the failure or close (the interval doubles).
+    rst_timer_fired: u8,
+    /// RSTs of the current round to the client, not yet sent (in reverse:
+    /// the next one is last).
+    rst_round: Vec<SeqNumber>,
+    /// Rounds queued so far (rotates the boundaries tried).
+    rst_rounds: u8,
+    /// Ends (stream offsets past the last byte, FIN counted: see
+    /// `stream_offset`) of segments towards the client, injected or the
+    /// origin's own: where the client's `rcv_nxt` can be (bounded).
+    sent_ends: SegmentEnds,
+    /// End of the origin's segments that passed to the client (FIN counted).
+    origin_passed_end: SeqNumber,
     /// RSTs sent to the origin (repeated: one may be lost on the WAN).
     rst_origin_sent: u8,
     /// When to repeat the RST to the client (it may be lost).
@@ -280,6 +316,11 @@ impl Flow {
             pending: 0,
             rst_client_budget: 0,
             rst_client_repeats: 0,
+            rst_timer_fired: 0,
+            rst_round: Vec::new(),
+            rst_rounds: 0,
+            sent_ends: SegmentEnds::default(),
+            origin_passed_end: SeqNumber(0),
             rst_origin_sent: 0,
             rst_timer: None,
             linger_until: None,
@@ -289,7 +330,10 @@ impl Flow {
 
     /// Whether the flow has something for `poll_transmit` or timers.
     pub(crate) fn is_active(&self) -> bool {
-        self.sender.is_some() || self.pending != 0 || self.linger_until.is_some()
+        self.sender.is_some()
+            || self.pending != 0
+            || !self.rst_round.is_empty()
+            || self.linger_until.is_some()
     }
 
     fn seq_of(&self, offset: u64) -> SeqNumber {
@@ -361,6 +405,11 @@ impl Flow {
                     }
                     After::Keep
                 };
+                if dir == Direction::FromOrigin {
+                    // After `observe`: the segment that completes the head
+                    // is remembered as a boundary too.
+                    self.note_origin_passed(seg, seg.payload_len, true);
+                }
                 (Verdict::Accept, after)
             }
             FlowState::Streaming => self.on_streaming(now, cfg, dir, meta, seg, pkt, events),
@@ -402,6 +451,7 @@ impl Flow {
                 self.sack_ok = self.client_syn.sack && self.origin_syn.sack;
                 self.ts_ok = self.client_syn.ts && self.origin_syn.ts;
                 self.origin_max = seg.seq.add(1);
+                self.origin_passed_end = seg.seq.add(1);
                 self.resp_next = seg.seq.add(1);
                 self.track(now, dir, meta, seg);
                 self.state = FlowState::Observing;
@@ -694,11 +744,12 @@ impl Flow {
         let was_finished = self.state == FlowState::Finished;
         self.state = FlowState::Failed;
         if !was_finished {
-            self.pending |= pending::RST_CLIENT;
-            // Answers to the client's (challenge) ACKs, and timed repeats;
-            // each uses the client's newest ACK as the sequence number.
-            self.rst_client_budget = 8;
-            self.rst_client_repeats = 3;
+            // A round of RSTs now, timed repeats, and answers to the
+            // client's packets (challenge ACKs) at the number they
+            // acknowledge: see `queue_rst_round`.
+            self.rst_client_budget = RST_ANSWERS;
+            self.rst_client_repeats = RST_REPEATS;
+            self.queue_rst_round();
             self.rst_timer = Some(now + cfg.min_rto);
         }
         if !self.origin_gone {
@@ -745,6 +796,7 @@ impl Flow {
                     if seg.flags.contains(TcpFlags::FIN) && !start.before(cut_seq) {
                         return (Verdict::Drop, After::Keep);
                     }
+                    self.note_origin_passed(seg, seg.payload_len, true);
                     return (Verdict::Accept, After::Keep);
                 }
                 if !start.before(cut_seq) {
@@ -752,7 +804,11 @@ impl Flow {
                 }
                 // Straddles the cut: keep only the bytes before it.
                 let keep = cut_seq.delta(start) as usize;
-                (trim_segment(pkt, meta, seg, keep), After::Keep)
+                let verdict = trim_segment(pkt, meta, seg, keep);
+                if verdict != Verdict::Drop {
+                    self.note_origin_passed(seg, keep, false);
+                }
+                (verdict, After::Keep)
             }
             Direction::FromClient => {
                 if seg.flags.contains(TcpFlags::RST) {
@@ -1039,19 +1095,23 @@ impl Flow {
                 let mut again = false;
                 if self.rst_client_repeats > 0 && self.state == FlowState::Failed {
                     self.rst_client_repeats -= 1;
-                    self.rst_client_budget = self.rst_client_budget.saturating_add(1);
-                    self.pending |= pending::RST_CLIENT;
+                    self.queue_rst_round();
                     again = true;
                 }
                 if (1..3).contains(&self.rst_origin_sent) && !self.origin_gone {
                     self.pending |= pending::RST_ORIGIN;
                     again = true;
                 }
-                self.rst_timer = again.then_some(now + cfg.min_rto * 2);
+                // 200 ms, 400 ms, 800 ms (with the default `min_rto`): the
+                // last round comes after the client's challenge-ACK rate
+                // limit (Linux 500 ms per socket, smoltcp 1 s) has expired.
+                self.rst_timer_fired = self.rst_timer_fired.saturating_add(1);
+                let factor = 1u32 << self.rst_timer_fired.min(4);
+                self.rst_timer = again.then_some(now + cfg.min_rto * factor);
             }
         }
         if let Some(t) = self.linger_until {
-            if now >= t && self.pending == 0 {
+            if now >= t && self.pending == 0 && self.rst_round.is_empty() {
                 return After::Forget;
             }
         }
@@ -1097,6 +1157,134 @@ impl Flow {
         } else {
             self.flow_label
         }
+    }
+
+    // ----- resetting the client ---------------------------------------------
+    //
+    // RFC 5961 section 3 (Linux, and any stack that follows it): an RST
+    // resets only when its sequence number is exactly the receiver's
+    // rcv_nxt; one elsewhere in the receive window draws a challenge ACK
+    // (rate-limited per connection: Linux 500 ms, smoltcp 1 s); one outside
+    // the window is dropped in silence. The engine knows rcv_nxt only from
+    // the client's newest ACK, which is stale when the client's last ACKs
+    // were lost. rcv_nxt always lies between that ACK and the highest
+    // sequence number sent to the client, at the end of some segment the
+    // client received. So each round tries, in order:
+    //
+    // 1. the best guess: the client's newest ACK;
+    // 2. the highest sequence number sent to the client (exact when the
+    //    client holds everything; else in its window: a challenge ACK, or a
+    //    reset on stacks that accept any in-window RST);
+    // 3. the number below it (in the window whenever the client misses
+    //    anything, even when the highest one is the window's right edge);
+    // 4. the cut (where the origin's bytes end for a client that no
+    //    injected segment reached);
+    // 5. up to `RST_BOUNDARIES_PER_ROUND` ends of segments sent to the
+    //    client in between (injected or the origin's own), from both ends
+    //    of the range alternately, rotating over the rounds.
+    //
+    // Every client packet that arrives after the failure (a challenge ACK
+    // among them) updates the best guess and is answered at once with one
+    // RST at it. Only RSTs, never data; the origin's side is unchanged.
+
+    /// Remembers where a segment to the client ended (a possible rcv_nxt).
+    fn note_sent_end(&mut self, end: SeqNumber) {
+        let Ok(end) = u64::try_from(self.stream_offset(end)) else {
+            return;
+        };
+        let acked = self
+            .client_ack
+            .map_or(0, |a| self.stream_offset(a).max(0) as u64);
+        self.sent_ends.note(end, acked);
+    }
+
+    /// An origin segment passes to the client with its first `len` payload
+    /// bytes (and its FIN when `fin_kept`).
+    fn note_origin_passed(&mut self, seg: &SegInfo, len: usize, fin_kept: bool) {
+        let fin = fin_kept && seg.flags.contains(TcpFlags::FIN);
+        if len == 0 && !fin {
+            return;
+        }
+        let end = seg.seq.add(len as u32 + u32::from(fin));
+        self.origin_passed_end = self.origin_passed_end.max_of(end);
+        self.note_sent_end(end);
+    }
+
+    /// Position of `seq` in the origin's stream (0 = the first byte after
+    /// its SYN). Until the response head is parsed (the body's start is not
+    /// known yet) the plain distance from the SYN; from then on through the
+    /// body offset, so that bodies beyond 2 GiB stay ordered.
+    fn stream_offset(&self, seq: SeqNumber) -> i64 {
+        let start = self.origin_isn.add(1);
+        match self.state {
+            FlowState::Handshake | FlowState::Observing => i64::from(seq.delta(start)),
+            _ => i64::from(self.body_start.delta(start)) + self.offset_of(seq, self.cut),
+        }
+    }
+
+    /// The client's rcv_nxt as far as the engine knows: its newest ACK.
+    fn rst_best_guess(&self) -> SeqNumber {
+        self.client_ack.unwrap_or(self.origin_max)
+    }
+
+    /// The highest sequence number sent to the client: the end of the
+    /// injected bytes (FIN counted) or of the origin's segments that passed
+    /// through (before the decision they may reach past the cut).
+    fn highest_sent_to_client(&self) -> SeqNumber {
+        let Some(sender) = &self.sender else {
+            return self.origin_max;
+        };
+        let body_len = self.body_len.unwrap_or(0);
+        let mut hi = self.seq_of(sender.max_sent());
+        if sender.fin_sent_ever() && sender.max_sent() >= body_len {
+            hi = self.seq_of(body_len).add(1);
+        }
+        hi.max_of(self.origin_passed_end)
+    }
+
+    /// Queues one round of RSTs to the client (see above).
+    fn queue_rst_round(&mut self) {
+        let best = self.rst_best_guess();
+        let hi = self.highest_sent_to_client();
+        let mut round: Vec<SeqNumber> = Vec::with_capacity(RST_ROUND_MAX);
+        round.push(best);
+        if hi.after(best) {
+            round.push(hi);
+            let below = hi.sub(1);
+            if below.after(best) {
+                round.push(below);
+            }
+            // The cut: where the origin's bytes end for a client that no
+            // injected segment reached.
+            let cut = self.seq_of(self.cut);
+            if self.sender.is_some() && cut.after(best) && cut.before(below) {
+                round.push(cut);
+            }
+            // The candidates the rounds can try, from both ends of the range.
+            let lo = self.stream_offset(best).max(0) as u64;
+            let hi_off = self.stream_offset(below).max(0) as u64;
+            let max = RST_BOUNDARIES_PER_ROUND * (1 + usize::from(RST_REPEATS));
+            let start = self.origin_isn.add(1);
+            let between: Vec<SeqNumber> = self
+                .sent_ends
+                .spread_between(lo, hi_off, max)
+                .into_iter()
+                .map(|e| start.add(e as u32))
+                .filter(|e| *e != cut)
+                .collect();
+            let n = between.len();
+            if n > 0 {
+                let take = n.min(RST_BOUNDARIES_PER_ROUND);
+                let start = (usize::from(self.rst_rounds) * RST_BOUNDARIES_PER_ROUND) % n;
+                for i in 0..take {
+                    round.push(between[(start + i) % n]);
+                }
+            }
+        }
+        self.rst_rounds = self.rst_rounds.saturating_add(1);
+        // Sent in order: `poll_transmit` pops from the back.
+        round.reverse();
+        self.rst_round = round;
     }
 
     /// Our sequence number for control segments to the client.
@@ -1165,11 +1353,15 @@ impl Flow {
         if self.pending & pending::RST_CLIENT != 0 {
             self.pending &= !pending::RST_CLIENT;
             self.rst_client_budget = self.rst_client_budget.saturating_sub(1);
-            // The client accepts an RST whose sequence number is exactly
-            // its rcv_nxt; its latest ACK is our best knowledge of it (a
-            // challenge ACK would tell us the exact value: budget allows a
-            // few repeats).
-            let seq = self.client_ack.unwrap_or(self.origin_max);
+            // An answer to a client packet: its ACK (now `client_ack`) is
+            // the client's rcv_nxt when it sent it, the number RFC 5961
+            // requires.
+            let seq = self.rst_best_guess();
+            let seg = self.segment_to_client(now, seq, TcpFlags::RST.with(TcpFlags::ACK), &[]);
+            seg.emit(buf);
+            return Some(Destination::ToClient);
+        }
+        if let Some(seq) = self.rst_round.pop() {
             let seg = self.segment_to_client(now, seq, TcpFlags::RST.with(TcpFlags::ACK), &[]);
             seg.emit(buf);
             return Some(Destination::ToClient);
@@ -1206,6 +1398,7 @@ impl Flow {
                     return None;
                 }
                 let seq = self.seq_of(seg.offset);
+                self.note_sent_end(seq.add(seg.len as u32 + u32::from(seg.fin)));
                 let mut flags = TcpFlags::ACK;
                 if seg.len > 0 {
                     flags = flags.with(TcpFlags::PSH);

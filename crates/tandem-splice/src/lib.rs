@@ -45,7 +45,14 @@
 //!   [`SpliceError::PieceBeyondWindow`] and the driver retries later.
 //! - [`Engine::fail`]`(now, flow)`: the rest of the body cannot be
 //!   delivered. The engine resets the client (and the origin). It never
-//!   emits a byte it was not given for that offset.
+//!   emits a byte it was not given for that offset. The client's RSTs go
+//!   out in timed rounds (at once, then 200, 600 and 1400 ms later with the
+//!   default `min_rto`) that try every place the client's `rcv_nxt` can be
+//!   (its newest ACK, the highest sequence number sent, the one below it,
+//!   segment boundaries between), so that an RFC 5961 receiver is
+//!   reset even when its last ACKs were lost; client packets after the
+//!   failure (challenge ACKs) are answered with an RST at their ACK. At
+//!   most 72 RSTs go to the client per failed flow, never data.
 //! - Timers: [`Engine::poll_timeout`] gives the next deadline;
 //!   call [`Engine::handle_timeout`]`(now)` when it passes.
 //!
@@ -82,6 +89,7 @@
 //! `docs/splice.md` for the reasoning.
 
 mod buffer;
+mod ends;
 mod engine;
 mod flow;
 mod sender;

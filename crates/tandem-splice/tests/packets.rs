@@ -933,3 +933,243 @@ fn an_ack_echoing_the_retransmission_keeps_the_go_back_n() {
     assert_eq!(out[0].1.seq, p.body_seq(1448), "go-back-N resends from una");
     assert_eq!(p.engine.stats().spurious_timeouts, 0);
 }
+
+// ----- resetting the client after a failure ---------------------------------
+
+/// What a receiver that follows RFC 5961 section 3 (Linux does) makes of
+/// an RST, for its `rcv_nxt` and the right edge of its receive window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RstOutcome {
+    /// Exactly `rcv_nxt`: the connection is reset.
+    Reset,
+    /// Elsewhere in the window: a challenge ACK (carrying `rcv_nxt`).
+    Challenge,
+    /// Outside the window: dropped in silence.
+    Ignored,
+}
+
+fn rfc5961(rcv_nxt: u32, right_edge: u32, seq: u32) -> RstOutcome {
+    if seq == rcv_nxt {
+        RstOutcome::Reset
+    } else if (seq.wrapping_sub(rcv_nxt) as i32) > 0 && (right_edge.wrapping_sub(seq) as i32) > 0 {
+        RstOutcome::Challenge
+    } else {
+        RstOutcome::Ignored
+    }
+}
+
+/// Ten injected segments of 1448 bytes (body 0..14480); the engine saw the
+/// client acknowledge only the first two.
+fn flight_with_stale_ack() -> Pair {
+    let mut p = accelerated(false, true, true, 1_000_000, 0, 0);
+    let flow = p.flow.unwrap();
+    assert_eq!(p.client_ack(0, 1000).0, Verdict::Drop);
+    let _ = p.recv_all();
+    p.engine
+        .push_piece(p.now, flow, 0, &Pair::body(0..14_480))
+        .unwrap();
+    let out = p.recv_all();
+    assert_eq!(out.len(), 10);
+    assert_eq!(
+        out.last().map(|(_, s)| s.seq + s.payload.len() as u32),
+        Some(p.body_seq(14_480))
+    );
+    p.advance(5);
+    assert_eq!(p.client_ack(2896, 1000).0, Verdict::Drop);
+    let _ = p.recv_all();
+    let _ = p.events();
+    p
+}
+
+/// The RSTs of every round after `fail` (the first at once, the rest on the
+/// timer), with challenge ACKs all lost: the client says nothing.
+fn rst_rounds_after_fail(p: &mut Pair) -> Vec<Vec<u32>> {
+    let flow = p.flow.unwrap();
+    p.engine.fail(p.now, flow);
+    let mut rounds = Vec::new();
+    let take = |p: &mut Pair| {
+        let mut round = Vec::new();
+        for (to, s) in p.recv_all() {
+            if to == Destination::ToClient {
+                assert!(s.rst && s.ackf && s.payload.is_empty() && !s.fin, "{s:?}");
+                round.push(s.seq);
+            } else {
+                assert!(s.rst, "only RSTs to the origin: {s:?}");
+            }
+        }
+        round
+    };
+    rounds.push(take(p));
+    while let Some(t) = p.engine.poll_timeout() {
+        if t > p.now + Duration::from_secs(5) {
+            break; // the linger, not an RST repeat
+        }
+        p.now = t;
+        p.engine.handle_timeout(t);
+        let round = take(p);
+        if !round.is_empty() {
+            rounds.push(round);
+        }
+    }
+    rounds
+}
+
+#[test]
+fn a_failure_tries_every_place_the_clients_rcv_nxt_can_be() {
+    // The client holds some prefix of the ten segments, but every ACK past
+    // 2896 was lost: its rcv_nxt is one of the segment ends from 2896 to
+    // 14480, and an RST elsewhere does not reset it (RFC 5961).
+    let mut p = flight_with_stale_ack();
+    let rounds = rst_rounds_after_fail(&mut p);
+    assert_eq!(rounds.len(), 4, "one round at the failure, three repeats");
+    for r in &rounds {
+        assert!(!r.is_empty() && r.len() <= 16, "{r:?}");
+        // Best guess first, then the highest byte sent, then the one below.
+        assert_eq!(r[0], p.body_seq(2896));
+        assert_eq!(r[1], p.body_seq(14_480));
+        assert_eq!(r[2], p.body_seq(14_479));
+    }
+    let all: Vec<u32> = rounds.concat();
+    for k in 2..=10u64 {
+        let rcv_nxt = p.body_seq(k * 1448);
+        assert!(
+            all.contains(&rcv_nxt),
+            "no RST at rcv_nxt = body {}: {all:?}",
+            k * 1448
+        );
+    }
+    // The boundaries between come from both ends alternately, all in the
+    // first round.
+    assert_eq!(
+        rounds[0][3..],
+        [4344, 13_032, 5792, 11_584, 7240, 10_136, 8688].map(|o| p.body_seq(o))
+    );
+}
+
+#[test]
+fn a_failure_resets_a_client_that_holds_everything_in_the_first_round() {
+    // The sim's regression (client ACK and its challenge ACK both lost):
+    // the client holds every injected byte, so the round's second RST is
+    // exact, whatever the engine last heard.
+    let mut p = flight_with_stale_ack();
+    let rcv_nxt = p.body_seq(14_480);
+    let right_edge = rcv_nxt.wrapping_add(64_000);
+    let rounds = rst_rounds_after_fail(&mut p);
+    let outcomes: Vec<RstOutcome> = rounds[0]
+        .iter()
+        .map(|s| rfc5961(rcv_nxt, right_edge, *s))
+        .collect();
+    assert_eq!(outcomes[0], RstOutcome::Ignored, "the stale guess");
+    assert_eq!(outcomes[1], RstOutcome::Reset);
+}
+
+#[test]
+fn a_client_missing_a_segment_is_reset_or_challenged_in_every_round() {
+    // Segment 6 (8688..10136) was lost: the client's rcv_nxt is 8688, the
+    // right edge of its window is the end of what was sent.
+    let mut p = flight_with_stale_ack();
+    let rcv_nxt = p.body_seq(8688);
+    let right_edge = p.body_seq(14_480);
+    let rounds = rst_rounds_after_fail(&mut p);
+    for r in &rounds {
+        let outcomes: Vec<RstOutcome> =
+            r.iter().map(|s| rfc5961(rcv_nxt, right_edge, *s)).collect();
+        assert!(
+            outcomes.contains(&RstOutcome::Reset) || outcomes.contains(&RstOutcome::Challenge),
+            "{outcomes:?}"
+        );
+    }
+    assert_eq!(
+        rfc5961(rcv_nxt, right_edge, rounds[0][2]),
+        RstOutcome::Challenge,
+        "the byte below the highest is inside the window"
+    );
+    assert!(rounds[0].contains(&rcv_nxt), "exact in the first round");
+}
+
+#[test]
+fn a_challenge_ack_is_answered_at_once_at_its_number() {
+    let mut p = flight_with_stale_ack();
+    let flow = p.flow.unwrap();
+    p.engine.fail(p.now, flow);
+    let _ = p.recv_all();
+    // The client's challenge ACK tells its rcv_nxt exactly.
+    p.advance(3);
+    assert_eq!(p.client_ack(11_584, 1000).0, Verdict::Drop);
+    let out = p.recv_all();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, Destination::ToClient);
+    assert!(out[0].1.rst && out[0].1.payload.is_empty());
+    assert_eq!(out[0].1.seq, p.body_seq(11_584));
+    // The next timed round starts from it too.
+    let t = p.engine.poll_timeout().unwrap();
+    p.now = t;
+    p.engine.handle_timeout(t);
+    let out: Vec<u32> = p
+        .recv_all()
+        .into_iter()
+        .filter(|(to, _)| *to == Destination::ToClient)
+        .map(|(_, s)| s.seq)
+        .collect();
+    assert_eq!(out.first(), Some(&p.body_seq(11_584)));
+    assert_eq!(out.get(1), Some(&p.body_seq(14_480)));
+    // Nothing below the client's ACK any more.
+    assert_eq!(
+        out.len(),
+        4,
+        "exact, highest, below it, one boundary: {out:?}"
+    );
+}
+
+#[test]
+fn rsts_to_the_client_after_a_failure_are_bounded() {
+    // Documented bound: 4 rounds of at most 16, plus 8 answers.
+    let mut p = flight_with_stale_ack();
+    let flow = p.flow.unwrap();
+    p.engine.fail(p.now, flow);
+    let mut to_client = 0;
+    let mut to_origin = 0;
+    for i in 0..2000u64 {
+        if i % 10 == 0 {
+            if let Some(t) = p.engine.poll_timeout() {
+                p.now = p.now.max(t);
+                p.engine.handle_timeout(p.now);
+            }
+        }
+        // The client keeps acknowledging (as a confused or hostile one would).
+        let _ = p.client_ack(2896 + (i % 8) * 1448, 1000);
+        for (to, s) in p.recv_all() {
+            assert!(s.rst && s.payload.is_empty(), "{s:?}");
+            match to {
+                Destination::ToClient => to_client += 1,
+                Destination::ToOrigin => to_origin += 1,
+            }
+        }
+        p.advance(7);
+    }
+    assert!(to_client <= 4 * 16 + 8, "{to_client} RSTs to the client");
+    assert!(to_client >= 4 * 3, "{to_client}");
+    assert_eq!(to_origin, 3, "the origin's RST and its two repeats");
+}
+
+#[test]
+fn origin_segments_the_client_may_hold_are_candidates_too() {
+    // Before the decision the origin's segments pass whole, past the cut
+    // too: the client's rcv_nxt can be the end of any of them (the session-4
+    // hunt found one at such a boundary, not an injected one).
+    let mut p = Pair::new(false, true, true);
+    let flow = p.open(100_000, 0);
+    for (a, b) in [(0, 1448), (1448, 2896), (2896, 4344)] {
+        assert_eq!(p.origin_data(a, b).0, Verdict::Accept);
+    }
+    assert_eq!(p.engine.accelerate(p.now, flow, 1000).unwrap(), 1000);
+    let _ = p.recv_all();
+    let rounds = rst_rounds_after_fail(&mut p);
+    let all: Vec<u32> = rounds.concat();
+    // The client acknowledged nothing of the body; it may hold the head
+    // only, or any prefix of the three segments.
+    for o in [0, 1448, 2896, 4344] {
+        assert!(all.contains(&p.body_seq(o)), "body {o}: {all:?}");
+    }
+    assert_eq!(rounds[0][1], p.body_seq(4344), "the highest byte sent");
+}

@@ -22,6 +22,12 @@ fn cases(default: u32) -> u32 {
 }
 
 fn sim_config() -> impl Strategy<Value = SimConfig> {
+    sim_config_withholding(0.15)
+}
+
+/// Random simulation knobs; a piece is withheld with probability
+/// `withhold_p` (when it lies past the cut).
+fn sim_config_withholding(withhold_p: f64) -> impl Strategy<Value = SimConfig> {
     (
         any::<u64>(),
         any::<bool>(),
@@ -37,7 +43,7 @@ fn sim_config() -> impl Strategy<Value = SimConfig> {
         (
             1u64..5,
             1usize..64_000,
-            prop::option::weighted(0.15, 0.0f64..1.0),
+            prop::option::weighted(withhold_p, 0.0f64..1.0),
         ),
     )
         .prop_map(
@@ -94,6 +100,31 @@ proptest! {
         } else {
             // A withheld piece may still not matter: the engine moved the
             // cut past it (the client had already acknowledged it).
+            assert_complete(&cfg, &r);
+        }
+    }
+}
+
+proptest! {
+    // The failure path alone: a piece past the cut is withheld. The client must
+    // end reset within `sim::RESET_WITHIN` of the failure (checked by
+    // `assert_reset`), whatever was lost around it.
+    #![proptest_config(ProptestConfig { cases: cases(48), ..ProptestConfig::default() })]
+
+    #[test]
+    fn withheld_pieces_always_reset_the_client_in_time(
+        cfg in sim_config_withholding(0.99)
+            .prop_filter("a piece past the cut is withheld", |c| c.withhold.is_some()),
+        strict_rst: bool,
+    ) {
+        // Half the cases with an RFC 5961 client (as Linux): only the exact
+        // RST resets it, an in-window one draws a challenge ACK (which the
+        // lossy link may lose).
+        let cfg = SimConfig { strict_rst, ..cfg };
+        let r = run(&cfg);
+        if cfg.withhold.is_some() && !r.finished {
+            assert_reset(&cfg, &r);
+        } else {
             assert_complete(&cfg, &r);
         }
     }

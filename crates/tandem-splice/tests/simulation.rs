@@ -464,6 +464,58 @@ fn regression_origin_bytes_past_the_cut_before_the_decision() {
     });
 }
 
+#[test]
+fn regression_failed_flow_resets_a_client_whose_last_ack_was_lost() {
+    // Found by the 20,000-case property hunt: the client's last ACK before
+    // the failure was lost, so the engine's RST carried a stale sequence
+    // number (the last ACK it saw). The client answered it with one
+    // challenge ACK (RFC 5961), lost too, and ignored the timed repeats at
+    // the same stale number: it stayed ESTABLISHED for good. Each RST round
+    // now also tries the highest injected sequence number, the byte below
+    // it and the segment boundaries in between.
+    let cfg = SimConfig {
+        seed: 10126970546856170712,
+        body_len: 174426,
+        cut: 68638,
+        client_mss: 536,
+        client_rx: 65536,
+        timestamps: false,
+        sack: false,
+        loss: 0.00949677060172634,
+        dup: 0.021974467029463988,
+        delay: Duration::from_millis(3),
+        piece: 15113,
+        withhold: Some(145946),
+        avoid_seq_wrap: true,
+        limit: Duration::from_secs(120),
+        ..SimConfig::default()
+    };
+    let r = case(cfg.clone());
+    let (failed, reset) = (r.failed_at.unwrap(), r.client_reset_at.unwrap());
+    println!(
+        "failed at {failed:?}, client reset {:?} later, {} RSTs to the client",
+        reset - failed,
+        r.rsts_to_client
+    );
+    // The same against a client that resets only on the exact number (as
+    // Linux does, RFC 5961) and whose challenge ACKs are all lost: the
+    // client held one segment past the engine's last view of its ACK, an
+    // injected segment boundary the first round tries.
+    let r = case(SimConfig {
+        strict_rst: true,
+        challenges_lost: true,
+        ..cfg
+    });
+    let (failed, reset) = (r.failed_at.unwrap(), r.client_reset_at.unwrap());
+    println!(
+        "strict: client reset {:?} after the failure, {} RSTs sent, {} not exact",
+        reset - failed,
+        r.rsts_to_client,
+        r.rsts_not_exact
+    );
+    assert!(r.rsts_not_exact > 0, "{r:?}");
+}
+
 // ----- ACK delay spikes (spurious retransmission timeouts) ------------------
 //
 // Session 3 measured, on a loaded router, client ACKs waiting in the
@@ -684,4 +736,248 @@ fn regression_smoltcp_sack_overflow_at_the_sequence_wrap_is_avoided() {
         avoid_seq_wrap: true,
         ..SimConfig::default()
     });
+}
+
+#[test]
+#[ignore = "pre-existing, origin side, not fixed: all three RSTs to the origin lost"]
+fn regression_origin_left_established_after_its_rsts_were_lost() {
+    // Found by the 20,000-case hunt of session 4 (it fails the same way with
+    // the engine before the client-reset change): a download that
+    // completes, then the origin's RST and both repeats are lost (3.4 %
+    // loss). The closed flow ignores the origin's packets until the linger
+    // ends, and the simulated origin (smoltcp, everything acknowledged)
+    // sends none: it stays ESTABLISHED. A real origin probes a zero window
+    // or closes the idle connection on its own timeout; once the flow has
+    // lingered out those packets reach the client, which answers with an
+    // RST. Left for the origin side: answer an origin packet to a closed
+    // flow with an RST, or more repeats.
+    case(SimConfig {
+        seed: 5420668584104690558,
+        body_len: 33465,
+        cut: 3663,
+        client_mss: 1460,
+        client_rx: 65536,
+        timestamps: false,
+        sack: true,
+        loss: 0.034271029630082765,
+        delay: Duration::from_millis(3),
+        piece: 2129,
+        avoid_seq_wrap: true,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+#[ignore = "pre-existing, not fixed: a stall in RTO backoff ends in the idle timeout"]
+fn regression_idle_timeout_during_rto_backoff_fails_a_lossy_download() {
+    // Found by the 20,000-case hunt of session 4 (it fails the same way with
+    // the engine before the client-reset change). No piece is withheld, but
+    // the head took 17 s through 4.4 % loss and the injected segments after
+    // the cut were lost or not acknowledged; the sender backs off to 60 s,
+    // the client's only ACK per retransmission is lost three times in a row,
+    // and the flow fails by the idle timeout (120 s) at 180 s while the
+    // sender is still in backoff. The failure itself is clean (the client
+    // is reset 1 ms later, correct bytes only); the property expects a
+    // complete download. Left for the sender's owner: the idle timeout
+    // should not fire while the sender has a retransmission timer armed.
+    case(SimConfig {
+        seed: 13938747003425902489,
+        body_len: 120602,
+        cut: 32112,
+        client_mss: 1460,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: true,
+        loss: 0.0438762537123548,
+        reorder: 0.06632845513357317,
+        dup: 0.033453154697048994,
+        delay: Duration::from_millis(1),
+        piece: 44245,
+        avoid_seq_wrap: true,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn regression_withheld_piece_the_origin_had_delivered() {
+    // Found by the withheld-piece hunt of session 4 (a harness false
+    // positive): the origin delivered bytes up to 12092 before the decision,
+    // past the whole withheld piece (10603..10830); the engine went on from
+    // the client's ACK and the client got the whole body but the FIN (it
+    // came out of order); the harness, seeing no progress for 2 s, failed
+    // the flow, and the client was reset holding all the (correct) bytes.
+    // `assert_reset` allows bytes past the piece when the origin delivered
+    // all of it.
+    let r = case(SimConfig {
+        seed: 12853744849598088613,
+        body_len: 15576,
+        cut: 9468,
+        client_mss: 872,
+        client_rx: 65536,
+        timestamps: false,
+        sack: false,
+        loss: 0.02674753124897459,
+        dup: 0.02723393804153389,
+        delay: Duration::from_millis(1),
+        piece: 227,
+        withhold: Some(10788),
+        avoid_seq_wrap: true,
+        ..SimConfig::default()
+    });
+    assert!(r.origin_body_end >= 10_830, "{r:?}");
+}
+
+#[test]
+#[ignore = "pre-existing, not fixed: retransmission limit reached before the cut is done"]
+fn regression_retransmit_limit_while_the_origin_is_slow_to_reach_the_cut() {
+    // Found by the 20,000-case hunt of session 4 (it fails the same way with
+    // the engine before the client-reset change). No piece is withheld. The
+    // simulated client (smoltcp) holds injected segments far past the cut
+    // out of order, its reassembler is full and it drops the origin's
+    // out-of-order segments before the cut; the simulated origin gets no
+    // duplicate ACKs and resends on its 10 s timer, one segment in order per
+    // round: the client reaches the cut only after 479 s. Meanwhile the
+    // injected segments past the cut time out 12 times in a row (nothing
+    // past the cut can be acknowledged yet) and the flow fails by the
+    // retransmission limit at 483 s. The failure itself is clean (client
+    // reset 3 ms later, correct bytes only). Left for the sender's owner:
+    // timeouts while the client's ACK still advances below the cut should
+    // not count towards `max_retransmits`.
+    case(SimConfig {
+        seed: 3365298348951590081,
+        body_len: 148251,
+        cut: 51656,
+        client_mss: 601,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: false,
+        loss: 0.023100073355157628,
+        reorder: 0.06189626764284822,
+        dup: 0.011640948505908017,
+        delay: Duration::from_millis(3),
+        piece: 313,
+        avoid_seq_wrap: true,
+        ..SimConfig::default()
+    });
+}
+
+#[test]
+fn regression_strict_client_holding_origin_bytes_past_the_cut() {
+    // Found by the withheld-piece hunt with an RFC 5961 client whose
+    // challenge ACKs are lost (`strict_rst`): reordering brought the
+    // origin's body segments to the router before its head, so they passed
+    // (up to 38 KB past the cut) before the decision; the client's rcv_nxt
+    // ended at one of those origin segment boundaries (a lost one after
+    // it), and its last ACK was lost. The rounds now try the origin's
+    // segment ends too (remembered from the SYN on, as stream offsets).
+    let r = case(SimConfig {
+        seed: 1406355914645088018,
+        body_len: 236420,
+        cut: 27465,
+        client_mss: 874,
+        client_rx: 65536,
+        timestamps: true,
+        sack: false,
+        loss: 0.046836947606614714,
+        dup: 0.03681459065292271,
+        delay: Duration::from_millis(1),
+        piece: 16074,
+        withhold: Some(109826),
+        avoid_seq_wrap: true,
+        strict_rst: true,
+        challenges_lost: true,
+        limit: Duration::from_secs(30),
+        ..SimConfig::default()
+    });
+    assert!(r.rsts_not_exact > 0, "{r:?}");
+}
+
+#[test]
+fn regression_strict_client_holding_the_whole_body_from_before_the_decision() {
+    // Found by the withheld-piece hunt with `strict_rst`: the response head
+    // was lost and came last, so the whole body (236 KB) passed before the
+    // decision; the client lost a segment at about 174.8 KB (past the cut),
+    // its last ACK was lost, and the engine had last seen about 107.9 KB.
+    // The rcv_nxt is one of ~45 segment ends in between: the list of 64 ends
+    // (the lowest) had dropped it. The ends are now kept as arithmetic runs
+    // (one run for the whole in-order body).
+    let r = case(SimConfig {
+        seed: 7692301452584149836,
+        body_len: 236404,
+        cut: 170397,
+        client_mss: 1460,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: false,
+        loss: 0.04543200952523347,
+        delay: Duration::from_millis(3),
+        piece: 13202,
+        withhold: Some(198300),
+        avoid_seq_wrap: true,
+        strict_rst: true,
+        challenges_lost: true,
+        limit: Duration::from_secs(30),
+        ..SimConfig::default()
+    });
+    assert!(r.rsts_not_exact > 0, "{r:?}");
+}
+
+#[test]
+fn regression_strict_client_stopped_at_the_cut() {
+    // Found by the withheld-piece hunt with `strict_rst`: 536-byte segments,
+    // most of the body passed before the decision, the client's rcv_nxt was
+    // exactly the cut (no injected segment reached it in order) and the
+    // engine had not seen its ACK of the cut: the cut lay beyond the lowest
+    // 52 candidates, the only ones tried then. Each round now tries the
+    // cut, and boundaries from both ends of the range.
+    let r = case(SimConfig {
+        seed: 16974735758753250813,
+        body_len: 218863,
+        cut: 127452,
+        client_mss: 536,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: false,
+        loss: 0.03933789145790784,
+        dup: 0.025901631909083324,
+        delay: Duration::from_millis(4),
+        piece: 45706,
+        withhold: Some(187331),
+        avoid_seq_wrap: true,
+        strict_rst: true,
+        challenges_lost: true,
+        limit: Duration::from_secs(30),
+        ..SimConfig::default()
+    });
+    assert!(r.rsts_not_exact > 0, "{r:?}");
+}
+
+#[test]
+fn regression_strict_client_answers_with_a_challenge_ack() {
+    // Found by the withheld-piece hunt when `strict_rst` dropped every
+    // challenge ACK: the client's rcv_nxt lay 36 segments above the last
+    // ACK the engine saw and 28 below the highest byte sent, beyond the 48
+    // boundaries the rounds try blind. A client that follows RFC 5961
+    // answers the in-window RSTs with a challenge ACK; the engine answers
+    // that at its number. (With every challenge ACK lost this case stays
+    // ESTABLISHED: the documented limit of blind probing.)
+    let r = case(SimConfig {
+        seed: 15912024416408230905,
+        body_len: 223396,
+        cut: 183802,
+        client_mss: 536,
+        client_rx: 1048576,
+        timestamps: false,
+        sack: true,
+        loss: 0.03920114370688053,
+        reorder: 0.034976219957801515,
+        delay: Duration::from_millis(4),
+        piece: 37521,
+        withhold: Some(222711),
+        avoid_seq_wrap: true,
+        strict_rst: true,
+        limit: Duration::from_secs(30),
+        ..SimConfig::default()
+    });
+    assert!(r.challenge_acks > 0 && r.rsts_not_exact > 0, "{r:?}");
 }

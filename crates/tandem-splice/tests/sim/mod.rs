@@ -110,6 +110,17 @@ pub struct SimConfig {
     /// `TcpSeqNumber` is an `i32` cast to `usize`). Found by the property
     /// test; the engine is not involved (main's sender hits it too).
     pub avoid_seq_wrap: bool,
+    /// The client takes RSTs as RFC 5961 section 3 says and Linux does: an
+    /// RST resets it only when its sequence number is exactly the client's
+    /// newest ACK (its rcv_nxt); one above it inside the receive window
+    /// (`client_rx`) draws a challenge ACK (a copy of the client's last pure
+    /// ACK, at most one per 500 ms as Linux's `tcp_invalid_ratelimit`, over
+    /// the lossy link); any other is dropped before it reaches the client
+    /// (smoltcp itself accepts any RST inside its window).
+    pub strict_rst: bool,
+    /// With `strict_rst`: every challenge ACK is lost (the engine must hit
+    /// the exact number blind).
+    pub challenges_lost: bool,
     pub engine: EngineConfig,
 }
 
@@ -153,6 +164,8 @@ impl Default for SimConfig {
             ack_spikes: Vec::new(),
             drop_injected: Vec::new(),
             avoid_seq_wrap: false,
+            strict_rst: false,
+            challenges_lost: false,
             engine: EngineConfig::default(),
         }
     }
@@ -200,6 +213,17 @@ pub struct SimReport {
     pub rto_after_spurious: Vec<Duration>,
     /// The flow's largest RTO (backoff included) over the run.
     pub max_rto: Duration,
+    /// Virtual time of `Event::Failed`.
+    pub failed_at: Option<Duration>,
+    /// Virtual time the client's socket was found reset (CLOSED without a
+    /// close of its own).
+    pub client_reset_at: Option<Duration>,
+    /// RST segments the engine sent towards the client.
+    pub rsts_to_client: u64,
+    /// RSTs dropped by `strict_rst` (not at the client's rcv_nxt).
+    pub rsts_not_exact: u64,
+    /// Challenge ACKs `strict_rst` sent for them.
+    pub challenge_acks: u64,
 }
 
 #[derive(PartialEq, Eq)]
@@ -361,6 +385,25 @@ fn strip_sack_permitted(pkt: &mut [u8]) {
     if let Some(at) = at {
         tcp.replace_bytes(at, &[1, 1]);
     }
+}
+
+/// The sequence number of an RST, `None` for anything else.
+fn rst_seq(pkt: &[u8]) -> Option<u32> {
+    let meta = parse_ip_tcp(pkt).ok()?;
+    let tcp = TcpPacket::new_checked(&pkt[meta.tcp_offset..meta.ip_len]).ok()?;
+    tcp.flags().contains(TcpFlags::RST).then(|| tcp.seq().0)
+}
+
+/// False for an RST whose sequence number is not `rcv_nxt` (the client's
+/// newest ACK); true for every other packet.
+fn rst_exact(pkt: &[u8], rcv_nxt: Option<u32>) -> bool {
+    let Ok(meta) = parse_ip_tcp(pkt) else {
+        return true;
+    };
+    let Ok(tcp) = TcpPacket::new_checked(&pkt[meta.tcp_offset..meta.ip_len]) else {
+        return true;
+    };
+    !tcp.flags().contains(TcpFlags::RST) || Some(tcp.seq().0) == rcv_nxt
 }
 
 fn is_zero_window_ack(pkt: &[u8]) -> bool {
@@ -651,10 +694,15 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
                     to: $to,
                     data,
                 });
+            } else if std::env::var_os("SIM_TRACE").is_some() {
+                trace(t, "lost", &data);
             }
         }};
     }
 
+    // The client's newest pure ACK and its last challenge ACK (strict_rst).
+    let mut last_pure_ack: Option<Vec<u8>> = None;
+    let mut last_challenge: Option<u64> = None;
     let mut steps: u64 = 0;
     let mut origin_isn: Option<tandem_wire::SeqNumber> = None;
     let mut stop_seen = false;
@@ -669,6 +717,32 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
             let p = heap.pop().unwrap();
             match p.to {
                 Hop::ToClient => {
+                    if cfg.strict_rst && !rst_exact(&p.data, monitor.last_ack_sent) {
+                        report.rsts_not_exact += 1;
+                        if std::env::var_os("SIM_TRACE").is_some() {
+                            trace(t, "rst-ignored", &p.data);
+                        }
+                        let in_window = match (rst_seq(&p.data), monitor.last_ack_sent) {
+                            (Some(seq), Some(nxt)) => {
+                                let d = seq.wrapping_sub(nxt);
+                                d > 0 && d as usize <= cfg.client_rx
+                            }
+                            _ => false,
+                        };
+                        let allowed = last_challenge.is_none_or(|c| t >= c + 500_000);
+                        let sent = !cfg.challenges_lost;
+                        if let (true, true, true, Some(ack)) =
+                            (sent, in_window, allowed, last_pure_ack.clone())
+                        {
+                            last_challenge = Some(t);
+                            report.challenge_acks += 1;
+                            if std::env::var_os("SIM_TRACE").is_some() {
+                                trace(t, "challenge", &ack);
+                            }
+                            send_on_link!(Hop::EngineFromClient, ack);
+                        }
+                        continue;
+                    }
                     if std::env::var_os("SIM_TRACE").is_some() {
                         trace(t, "->client", &p.data);
                     }
@@ -690,6 +764,9 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
                         Direction::FromOrigin
                     };
                     let mut data = p.data;
+                    if dir == Direction::FromClient && std::env::var_os("SIM_TRACE").is_some() {
+                        trace(t, "->engine", &data);
+                    }
                     if dir == Direction::FromClient && !cfg.sack {
                         strip_sack_permitted(&mut data);
                     }
@@ -783,7 +860,10 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
                     report.progress.push(delivered);
                 }
                 Event::Finished { .. } => report.finished = true,
-                Event::Failed { .. } => report.failed = true,
+                Event::Failed { .. } => {
+                    report.failed = true;
+                    report.failed_at.get_or_insert(Duration::from_micros(t));
+                }
                 Event::FlowClosed { flow: f } => {
                     if Some(f) == flow {
                         report.flow_closed = true;
@@ -837,6 +917,7 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
                     && pool.is_empty()
                 {
                     engine.fail(now, f);
+                    report.failed_at = Some(Duration::from_micros(t));
                     fail_called = true;
                 }
             }
@@ -847,6 +928,15 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
             match tr.to {
                 Destination::ToClient => {
                     monitor.check(&tx_buf, true);
+                    if let Ok(meta) = parse_ip_tcp(&tx_buf) {
+                        if let Ok(tcp) =
+                            TcpPacket::new_checked(&tx_buf[meta.tcp_offset..meta.ip_len])
+                        {
+                            if tcp.flags().contains(TcpFlags::RST) {
+                                report.rsts_to_client += 1;
+                            }
+                        }
+                    }
                     if let Some(isn) = origin_isn {
                         let meta = parse_ip_tcp(&tx_buf).unwrap();
                         let tcp =
@@ -940,6 +1030,7 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
             }
             if req_sent && s.state() == tcp::State::Closed && !client_closed_sent {
                 report.client_reset = true;
+                report.client_reset_at = Some(Duration::from_micros(t));
                 client_closed_sent = true;
             }
         }
@@ -983,6 +1074,14 @@ fn run_once(cfg: &SimConfig, salt: u64) -> Option<SimReport> {
                 if let Ok(tcp) = TcpPacket::new_checked(&p[meta.tcp_offset..meta.ip_len]) {
                     if tcp.flags().contains(TcpFlags::ACK) {
                         monitor.last_ack_sent = Some(tcp.ack().0);
+                        let f = tcp.flags();
+                        if tcp.payload().is_empty()
+                            && !f.contains(TcpFlags::SYN)
+                            && !f.contains(TcpFlags::FIN)
+                            && !f.contains(TcpFlags::RST)
+                        {
+                            last_pure_ack = Some(p.clone());
+                        }
                     }
                 }
             }
@@ -1079,17 +1178,39 @@ pub fn assert_complete(cfg: &SimConfig, r: &SimReport) {
     );
 }
 
+/// How soon after `Event::Failed` the client must be reset: the engine's
+/// last timed RST round goes out 1 s after the failure.
+pub const RESET_WITHIN: Duration = Duration::from_millis(1500);
+
 /// Asserts the outcome of a download whose piece was withheld.
 #[track_caller]
 pub fn assert_reset(cfg: &SimConfig, r: &SimReport) {
     assert!(r.client_reset, "client must be reset: {r:?}");
     assert!(r.failed, "{r:?}");
+    // Within the engine's RST rounds (at the failure, then 200 ms, 600 ms
+    // and 1 s after it), not by some later accident.
+    let (Some(failed), Some(reset)) = (r.failed_at, r.client_reset_at) else {
+        panic!("no failure or reset time: {r:?}");
+    };
+    assert!(
+        reset <= failed + RESET_WITHIN,
+        "client reset {:?} after the failure: {r:?}",
+        reset.saturating_sub(failed)
+    );
     let w = cfg.withhold.unwrap();
     // The client may hold origin bytes past the cut that passed before the
     // decision (all checked byte for byte), but nothing the engine was not
-    // given: no injected byte past the missing piece.
-    assert!(
-        r.received <= w.max(r.origin_body_end),
-        "client got bytes past the missing piece: {r:?}"
-    );
+    // given: no injected byte past the missing piece. Unless the origin
+    // delivered the whole missing piece before the decision: then the
+    // engine goes on past it (and `run` checked that no injected byte lies
+    // inside it).
+    let cut = r.cut.unwrap_or(cfg.cut);
+    let piece = cfg.piece.max(1) as u64;
+    let piece_end = (cut + (w.saturating_sub(cut) / piece + 1) * piece).min(cfg.body_len);
+    if r.origin_body_end < piece_end {
+        assert!(
+            r.received <= w.max(r.origin_body_end),
+            "client got bytes past the missing piece: {r:?}"
+        );
+    }
 }
