@@ -321,34 +321,43 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
     let killed_at = start.elapsed();
     w.daemons.proc(0).unwrap().signal(Signal::SIGKILL);
     // 32 MiB over one 20 Mbit/s uplink take ~15 s; 120 s means stuck.
-    let completed = match transfer::finish(&p, start, &got, Duration::from_secs(120)) {
+    let (completed, ending) = match transfer::finish(&p, start, &got, Duration::from_secs(120)) {
         Ok(d) => {
-            assert_same_bytes(&w.file("video.mp4"), &got).unwrap();
+            if let Err(e) = assert_same_bytes(&w.file("video.mp4"), &got) {
+                panic!(
+                    "check 1 (the download completed after the kill, so it must be identical): {e:#}"
+                );
+            }
             println!(
                 "killed at {:.2} s; the download completed, identical, at {:.2} s",
                 killed_at.as_secs_f64(),
                 d.elapsed.as_secs_f64()
             );
-            true
+            (true, "completed".to_string())
         }
         Err(e) => {
             let e = format!("{e:#}");
             assert!(
                 !e.contains("did not finish"),
-                "the client hangs instead of failing: {e}"
+                "check 1 (the download ends, it does not hang): killed at {:.2} s, still running at 120 s: {e}",
+                killed_at.as_secs_f64()
             );
             let len = std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0);
+            let diff = transfer::first_difference(&w.file("video.mp4"), &got).unwrap();
             assert_eq!(
-                transfer::first_difference(&w.file("video.mp4"), &got).unwrap(),
+                diff,
                 Some(len),
-                "the bytes before the failure are not the file's"
+                "check 1 (what the client received before failing is a prefix of the file): \
+                 it has {len} bytes, the first wrong one at offset {diff:?} (None: identical); \
+                 killed at {:.2} s; client: {e}",
+                killed_at.as_secs_f64()
             );
             println!(
                 "killed at {:.2} s; visible failure {:.2} s later with {len} bytes (a correct prefix): {e}",
                 killed_at.as_secs_f64(),
                 (start.elapsed() - killed_at).as_secs_f64()
             );
-            false
+            (false, format!("failed with {len} bytes: {e}"))
         }
     };
     // The end was a TCP reset reaching the client (in the name of the
@@ -371,7 +380,13 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
         tail.join("\n")
     );
     if !completed {
-        assert!(!resets.is_empty(), "the client failed without a reset");
+        assert!(
+            !resets.is_empty(),
+            "check 2 (a failed download ended by a reset from port 80): none in {} ({frames} frames); \
+             download {ending}; the client's last frames:\n{}",
+            cl_pcap.display(),
+            tail.join("\n")
+        );
     }
     // Fail-open: a new download through A, no daemon.
     let got2 = w.out("after.mp4");
@@ -383,15 +398,21 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
         &got2,
         Duration::from_secs(120),
     )
-    .unwrap();
-    assert_same_bytes(&w.file("after.mp4"), &got2).unwrap();
+    .unwrap_or_else(|e| {
+        panic!("check 3 (fail-open: a new download through A with its daemon dead): {e:#}")
+    });
+    if let Err(e) = assert_same_bytes(&w.file("after.mp4"), &got2) {
+        panic!("check 3 (fail-open: the download after the kill is identical): {e:#}");
+    }
     println!(
         "after the kill: 16 MiB identical through A in {:.2} s ({:.1} Mbit/s)",
         d.elapsed.as_secs_f64(),
         d.mbit_per_s()
     );
     let pcap = cap.stop();
-    capture::check_no_lan_source(&pcap).unwrap();
+    if let Err(e) = capture::check_no_lan_source(&pcap) {
+        panic!("check 4 (nothing LAN-addressed on A's WAN during and after the kill): {e:#}");
+    }
 }
 
 /// How long an orphaned client waits for its reset when A's daemon dies
