@@ -24,7 +24,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::world::{MIB, Status, World, serial, tandem_origin, vm_hwm, wait_for_bytes};
+use common::world::{
+    MIB, QueueReport, Status, World, serial, tandem_origin, vm_hwm, wait_for_bytes,
+};
 use common::*;
 use tandem_lab::Signal;
 use tandem_lab::daemon::DaemonOptions;
@@ -566,7 +568,15 @@ fn twenty_concurrent_downloads_are_identical_and_memory_bounded() {
     }
     let hwm = w.daemon_hwm(0);
     let s = w.status(0);
+    let queues = QueueReport::read(&w.topo, &w.topo.router_ns(0));
     print_status("A", &s);
+    let decided: u64 = s.decisions.values().sum();
+    let queue_line = format!(
+        "A's queues: {queues}; the daemon handled {} packets, so {} enqueued packets never reached it",
+        s.packet("queued"),
+        queues.unhandled(s.packet("queued"))
+    );
+    println!("{queue_line}");
     let bound = RSS_BASE + MAX_DOWNLOADS * PLANNER_WINDOW;
     println!(
         "{n} x {} MiB, {} failed, last done after {:.2} s ({:.1} Mbit/s aggregate); WAN bytes {}; \
@@ -591,16 +601,20 @@ fn twenty_concurrent_downloads_are_identical_and_memory_bounded() {
     assert_eq!(
         s.decision("accelerated"),
         MAX_DOWNLOADS,
-        "expected max_downloads accelerated: {}",
-        s.raw
+        "expected max_downloads accelerated; decisions {:?} ({decided} of {n} connections decided); {queue_line}",
+        s.decisions
     );
     assert_eq!(
         s.decision("busy"),
         n - MAX_DOWNLOADS,
-        "expected the rest to pass through as busy: {}",
-        s.raw
+        "expected the rest to pass through as busy; decisions {:?} ({decided} of {n} connections decided); {queue_line}",
+        s.decisions
     );
-    assert!(hwm <= bound, "VmHWM {hwm} above the bound {bound}");
+    assert!(
+        hwm <= bound,
+        "VmHWM {hwm} above the bound {bound} (idle {idle}, {} downloads accelerated)",
+        s.decision("accelerated")
+    );
 }
 
 /// The project's real firewall rules (`tandem rules iptables`) on A with no
