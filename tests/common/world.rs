@@ -391,6 +391,10 @@ pub struct QueueReport {
     /// (kernel `__nfqnl_enqueue_packet`: `nfnetlink_unicast` failed, the
     /// packet is reinjected with NF_ACCEPT and counted nowhere else).
     pub socket_drops: u64,
+    /// Packets that met a queue rule (NFQUEUE targets of the mangle
+    /// `TANDEM` chain): enqueued, or passed by a full fail-open queue
+    /// (which `id_sequence` does not count).
+    pub rule_hits: u64,
 }
 
 impl QueueReport {
@@ -421,6 +425,19 @@ impl QueueReport {
             }
         }
         portids.dedup();
+        let rules = topo
+            .exec(
+                ns,
+                &[
+                    "iptables", "-w", "-t", "mangle", "-L", "TANDEM", "-v", "-n", "-x",
+                ],
+            )
+            .unwrap_or_default();
+        r.rule_hits = rules
+            .lines()
+            .filter(|l| l.contains("NFQUEUE"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
         for l in cat("/proc/net/netlink").lines().skip(1) {
             let f: Vec<&str> = l.split_whitespace().collect();
             // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode; Eth 12 = NETLINK_NETFILTER.
@@ -444,11 +461,12 @@ impl QueueReport {
         self.queues.iter().map(|q| q.1).sum()
     }
 
-    /// Packets the kernel enqueued that the daemon never handled:
-    /// enqueued − handled by the daemon (`handled`, its `queued` packet
-    /// counter) − still waiting.
-    pub fn unhandled(&self, handled: u64) -> i64 {
-        self.enqueued() as i64 - handled as i64 - self.waiting() as i64
+    /// Packets that met a queue rule but never reached the daemon (full
+    /// queue or full socket, both fail-open): rule hits − handled by the
+    /// daemon (`handled`, its `queued` packet counter) − still waiting.
+    /// Exact when no traffic flows while the counters are read.
+    pub fn bypassed(&self, handled: u64) -> i64 {
+        self.rule_hits as i64 - handled as i64 - self.waiting() as i64
     }
 }
 
@@ -460,6 +478,10 @@ impl std::fmt::Display for QueueReport {
                 "queue {q}: {seq} enqueued, {total} waiting, {dropped} dropped (full), {user_dropped} dropped (socket); "
             )?;
         }
-        write!(f, "socket receive-buffer drops {}", self.socket_drops)
+        write!(
+            f,
+            "socket receive-buffer drops {}; queue rules matched {} packets",
+            self.socket_drops, self.rule_hits
+        )
     }
 }
