@@ -576,6 +576,12 @@ fn twenty_concurrent_downloads_are_identical_and_memory_bounded() {
         s.packet("queued"),
         queues.bypassed(s.packet("queued"))
     );
+    let delay_line = match w.topo.delayline_bypass() {
+        Ok(Some(d)) => d.to_string(),
+        Ok(None) => "no delay line".to_string(),
+        Err(e) => format!("delay line counters unreadable: {e:#}"),
+    };
+    let queue_line = format!("{queue_line}; {delay_line}");
     println!("{queue_line}");
     let bound = RSS_BASE + MAX_DOWNLOADS * PLANNER_WINDOW;
     println!(
