@@ -402,6 +402,17 @@ impl QueueReport {
     pub fn read(topo: &Topology, ns: &str) -> QueueReport {
         let cat = |f: &str| topo.exec(ns, &["cat", f]).unwrap_or_default();
         let mut r = QueueReport::default();
+        // The rules' counters first: a packet counted there is enqueued (or
+        // passed) before the queue's counters are read, so a packet still
+        // in flight cannot look passed.
+        let rules = topo
+            .exec(
+                ns,
+                &[
+                    "iptables", "-w", "-t", "mangle", "-L", "TANDEM", "-v", "-n", "-x",
+                ],
+            )
+            .unwrap_or_default();
         let mut portids = Vec::new();
         for l in cat("/proc/net/netfilter/nfnetlink_queue").lines() {
             let f: Vec<u64> = l
@@ -425,14 +436,6 @@ impl QueueReport {
             }
         }
         portids.dedup();
-        let rules = topo
-            .exec(
-                ns,
-                &[
-                    "iptables", "-w", "-t", "mangle", "-L", "TANDEM", "-v", "-n", "-x",
-                ],
-            )
-            .unwrap_or_default();
         r.rule_hits = rules
             .lines()
             .filter(|l| l.contains("NFQUEUE"))

@@ -539,13 +539,16 @@ impl Topology {
             return Ok(None);
         }
         let inet = self.internet_ns();
-        let Some(c) = netns::nfqueue_counters(&inet, DELAY_QUEUE)? else {
-            return Ok(None);
-        };
+        // The rule's counter first: a packet counted there is enqueued (or
+        // passed) before the queue's counters are read, so traffic still
+        // flowing cannot make an enqueued packet look passed.
         let rules = self.exec(
             &inet,
             &["iptables", "-w", "-L", "FORWARD", "-v", "-n", "-x"],
         )?;
+        let Some(c) = netns::nfqueue_counters(&inet, DELAY_QUEUE)? else {
+            return Ok(None);
+        };
         let rule_hits: u64 = rules
             .lines()
             .filter(|l| l.contains("NFQUEUE"))
