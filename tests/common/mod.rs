@@ -167,11 +167,23 @@ impl Cap {
         }
     }
 
-    /// Stops it once everything before the call is written; returns the file.
+    /// Stops it once everything before the call is written; returns the
+    /// file. Prints tcpdump's statistics: "received by filter" above
+    /// "captured" counts packets that arrived while it stopped (after the
+    /// marker), which the old check took for a loss.
     pub fn stop(self) -> PathBuf {
         let path = self.0.path().to_path_buf();
-        match self.0.stop() {
-            Ok(p) => p,
+        match self.0.stop_with_stats() {
+            Ok((p, stats)) => {
+                if let Some(s) = stats {
+                    println!(
+                        "capture {}: tcpdump {s} (marker included; {} arrived while it stopped)",
+                        p.display(),
+                        s.received.saturating_sub(s.captured)
+                    );
+                }
+                p
+            }
             Err(e) => panic!("stopping the capture {}: {e:#}", path.display()),
         }
     }

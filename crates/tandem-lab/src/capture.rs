@@ -124,6 +124,14 @@ impl Capture {
     /// or reports packets dropped by the kernel; the error names the file
     /// and tcpdump's counters.
     pub fn stop(self) -> Result<PathBuf> {
+        self.stop_with_stats().map(|(path, _)| path)
+    }
+
+    /// [`Capture::stop`], also returning tcpdump's closing statistics
+    /// (`None` if it had to be killed). Its counters include the stop
+    /// marker, and "received by filter" also the packets that arrived
+    /// after the marker while tcpdump stopped.
+    pub fn stop_with_stats(self) -> Result<(PathBuf, Option<TcpdumpStats>)> {
         let nonce = marker_nonce();
         let waited = Instant::now();
         let seen =
@@ -153,7 +161,7 @@ impl Capture {
         let tmp = self.path.with_extension("pcap.tmp");
         std::fs::write(&tmp, kept).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {path}"))?;
-        Ok(self.path)
+        Ok((self.path, stats))
     }
 
     /// Path of the pcap file.
