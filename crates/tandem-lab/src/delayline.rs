@@ -14,11 +14,9 @@
 //! A packet accepted without delay overtakes the packets held before it:
 //! the testbed then reorders. The netlink socket therefore gets a large
 //! receive buffer (`--socket-buffer`): with the kernel's default (208 KiB,
-//! a few hundred queue messages) a burst while the delay line waited for
-//! the CPU (twenty downloads starting at once on a 2-core machine) passed
-//! packets undelayed, and a response head overtaken by eight segments of
-//! its own flow missed the daemon's first-packets window (the flake of
-//! `twenty_concurrent_downloads_are_identical_and_memory_bounded`).
+//! a few hundred queue messages) 52 to 790 packets per run passed
+//! undelayed when the delay line was stopped 20–40 ms at a time while
+//! twenty downloads started (measured 2026-11-21; 0 with 16 MiB).
 //! [`crate::Topology::delayline_bypass`] reports what passed undelayed.
 //!
 //! The timing core, [`DelayFifo`], is sans-IO: time is an explicit argument.
