@@ -24,7 +24,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::world::{MIB, Status, World, serial, tandem_origin, vm_hwm, wait_for_bytes};
+use common::world::{
+    MIB, QueueReport, Status, World, serial, tandem_origin, vm_hwm, wait_for_bytes,
+};
 use common::*;
 use tandem_lab::Signal;
 use tandem_lab::daemon::DaemonOptions;
@@ -34,6 +36,8 @@ use tandem_lab::topology::ORIGIN_IP;
 const PLANNER_WINDOW: u64 = 8 * MIB;
 /// The daemon's `[splice] max_downloads` default.
 const MAX_DOWNLOADS: u64 = 8;
+/// The largest `[queue] first_packets` the daemon accepts.
+const FIRST_PACKETS_MAX: u32 = 64;
 /// Memory of the daemon apart from download buffers (debug build: code,
 /// tokio runtime, flow table, peer links, allocator slack), stated here and
 /// checked by `twenty_concurrent_downloads_are_identical_and_memory_bounded`
@@ -321,34 +325,43 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
     let killed_at = start.elapsed();
     w.daemons.proc(0).unwrap().signal(Signal::SIGKILL);
     // 32 MiB over one 20 Mbit/s uplink take ~15 s; 120 s means stuck.
-    let completed = match transfer::finish(&p, start, &got, Duration::from_secs(120)) {
+    let (completed, ending) = match transfer::finish(&p, start, &got, Duration::from_secs(120)) {
         Ok(d) => {
-            assert_same_bytes(&w.file("video.mp4"), &got).unwrap();
+            if let Err(e) = assert_same_bytes(&w.file("video.mp4"), &got) {
+                panic!(
+                    "check 1 (the download completed after the kill, so it must be identical): {e:#}"
+                );
+            }
             println!(
                 "killed at {:.2} s; the download completed, identical, at {:.2} s",
                 killed_at.as_secs_f64(),
                 d.elapsed.as_secs_f64()
             );
-            true
+            (true, "completed".to_string())
         }
         Err(e) => {
             let e = format!("{e:#}");
             assert!(
                 !e.contains("did not finish"),
-                "the client hangs instead of failing: {e}"
+                "check 1 (the download ends, it does not hang): killed at {:.2} s, still running at 120 s: {e}",
+                killed_at.as_secs_f64()
             );
             let len = std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0);
+            let diff = transfer::first_difference(&w.file("video.mp4"), &got).unwrap();
             assert_eq!(
-                transfer::first_difference(&w.file("video.mp4"), &got).unwrap(),
+                diff,
                 Some(len),
-                "the bytes before the failure are not the file's"
+                "check 1 (what the client received before failing is a prefix of the file): \
+                 it has {len} bytes, the first wrong one at offset {diff:?} (None: identical); \
+                 killed at {:.2} s; client: {e}",
+                killed_at.as_secs_f64()
             );
             println!(
                 "killed at {:.2} s; visible failure {:.2} s later with {len} bytes (a correct prefix): {e}",
                 killed_at.as_secs_f64(),
                 (start.elapsed() - killed_at).as_secs_f64()
             );
-            false
+            (false, format!("failed with {len} bytes: {e}"))
         }
     };
     // The end was a TCP reset reaching the client (in the name of the
@@ -371,7 +384,13 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
         tail.join("\n")
     );
     if !completed {
-        assert!(!resets.is_empty(), "the client failed without a reset");
+        assert!(
+            !resets.is_empty(),
+            "check 2 (a failed download ended by a reset from port 80): none in {} ({frames} frames); \
+             download {ending}; the client's last frames:\n{}",
+            cl_pcap.display(),
+            tail.join("\n")
+        );
     }
     // Fail-open: a new download through A, no daemon.
     let got2 = w.out("after.mp4");
@@ -383,15 +402,21 @@ fn daemon_killed_fails_open_and_the_download_in_progress_ends_visibly() {
         &got2,
         Duration::from_secs(120),
     )
-    .unwrap();
-    assert_same_bytes(&w.file("after.mp4"), &got2).unwrap();
+    .unwrap_or_else(|e| {
+        panic!("check 3 (fail-open: a new download through A with its daemon dead): {e:#}")
+    });
+    if let Err(e) = assert_same_bytes(&w.file("after.mp4"), &got2) {
+        panic!("check 3 (fail-open: the download after the kill is identical): {e:#}");
+    }
     println!(
         "after the kill: 16 MiB identical through A in {:.2} s ({:.1} Mbit/s)",
         d.elapsed.as_secs_f64(),
         d.mbit_per_s()
     );
     let pcap = cap.stop();
-    capture::check_no_lan_source(&pcap).unwrap();
+    if let Err(e) = capture::check_no_lan_source(&pcap) {
+        panic!("check 4 (nothing LAN-addressed on A's WAN during and after the kill): {e:#}");
+    }
 }
 
 /// How long an orphaned client waits for its reset when A's daemon dies
@@ -515,6 +540,25 @@ fn daemon_sigterm_resets_the_download_in_progress_and_exits_cleanly() {
 /// origin). All identical; `max_downloads` (8) are accelerated and the other
 /// 12 pass through as `busy` (decision counters); A's daemon's peak RSS
 /// (VmHWM) stays within `RSS_BASE + max_downloads × planner.window`.
+///
+/// The daemon decides on a connection only if its response head is among
+/// the connection's first `queue.first_packets` packets (both directions,
+/// counted by conntrack) when it crosses A; a head that comes later passes
+/// in the kernel and the connection gets no decision (fail-safe: no
+/// acceleration, the download is still identical). Twenty initial windows
+/// at once overflow the 70 ms FIFO of A's shaped downlink (20 x ~15 KB into
+/// 175 KB: segments of many connections are retransmitted in the first
+/// second, seen in captures of A's WAN). When a connection's head is among
+/// the dropped packets, its retransmission reaches A only after the
+/// connection's later segments and the client's duplicate ACKs: packet 15
+/// or later, outside the default window of 12. Seen as "11 busy" (session
+/// 3, once), and reproduced once in 55 runs with the delay line stalled
+/// in bursts: 19 of 20 connections decided while every packet that met a
+/// queue rule reached the daemon. In a capture of a stalled run the head of
+/// one of A's own Range fetches (same path) was lost and came 145 ms late,
+/// after 11 segments of its connection (packet 27). This test
+/// is about admission and memory, not the window: it runs with the largest
+/// window, 64, which a head lost once still makes (about packet 25).
 #[test]
 fn twenty_concurrent_downloads_are_identical_and_memory_bounded() {
     let _serial = serial();
@@ -524,7 +568,15 @@ fn twenty_concurrent_downloads_are_identical_and_memory_bounded() {
         .map(|k| (format!("f{k}.bin"), size, 100 + k))
         .collect();
     let refs: Vec<(&str, u64, u64)> = files.iter().map(|(f, s, k)| (f.as_str(), *s, *k)).collect();
-    let w = World::pair(tandem_origin(), &refs);
+    let w = World::new(
+        TopologySpec::pair(delay_command()),
+        tandem_origin(),
+        &refs,
+        &DaemonOptions {
+            first_packets: Some(FIRST_PACKETS_MAX),
+            ..DaemonOptions::default()
+        },
+    );
     let pid = w.daemons.proc(0).unwrap().pid();
     let idle = vm_hwm(pid).unwrap();
     let mut meter = w.wan_meter();
@@ -545,7 +597,21 @@ fn twenty_concurrent_downloads_are_identical_and_memory_bounded() {
     }
     let hwm = w.daemon_hwm(0);
     let s = w.status(0);
+    let queues = QueueReport::read(&w.topo, &w.topo.router_ns(0));
     print_status("A", &s);
+    let decided: u64 = s.decisions.values().sum();
+    let queue_line = format!(
+        "A's queues: {queues}; the daemon handled {} packets, so {} never reached it",
+        s.packet("queued"),
+        queues.bypassed(s.packet("queued"))
+    );
+    let delay_line = match w.topo.delayline_bypass() {
+        Ok(Some(d)) => d.to_string(),
+        Ok(None) => "no delay line".to_string(),
+        Err(e) => format!("delay line counters unreadable: {e:#}"),
+    };
+    let queue_line = format!("{queue_line}; {delay_line}");
+    println!("{queue_line}");
     let bound = RSS_BASE + MAX_DOWNLOADS * PLANNER_WINDOW;
     println!(
         "{n} x {} MiB, {} failed, last done after {:.2} s ({:.1} Mbit/s aggregate); WAN bytes {}; \
@@ -570,16 +636,20 @@ fn twenty_concurrent_downloads_are_identical_and_memory_bounded() {
     assert_eq!(
         s.decision("accelerated"),
         MAX_DOWNLOADS,
-        "expected max_downloads accelerated: {}",
-        s.raw
+        "expected max_downloads accelerated; decisions {:?} ({decided} of {n} connections decided); {queue_line}",
+        s.decisions
     );
     assert_eq!(
         s.decision("busy"),
         n - MAX_DOWNLOADS,
-        "expected the rest to pass through as busy: {}",
-        s.raw
+        "expected the rest to pass through as busy; decisions {:?} ({decided} of {n} connections decided); {queue_line}",
+        s.decisions
     );
-    assert!(hwm <= bound, "VmHWM {hwm} above the bound {bound}");
+    assert!(
+        hwm <= bound,
+        "VmHWM {hwm} above the bound {bound} (idle {idle}, {} downloads accelerated)",
+        s.decision("accelerated")
+    );
 }
 
 /// The project's real firewall rules (`tandem rules iptables`) on A with no

@@ -317,3 +317,80 @@ fn origin_inside_the_internet_namespace() {
     download(&topo, 0, Tool::Curl, &url, &got, Duration::from_secs(60)).unwrap();
     assert_same_bytes(&file, &got).unwrap();
 }
+
+/// A capture stopped while traffic still flows holds every packet that
+/// crossed the interface before the stop, and no trace of the lab's stop
+/// marker. Background: a ping every 2 ms from the client across A's WAN
+/// during the stop, so packets keep arriving while tcpdump stops (its
+/// "received by filter" then exceeds "captured" — the old completeness
+/// check took that for a loss and failed
+/// `daemon_killed_fails_open_and_the_download_in_progress_ends_visibly`
+/// once). Foreground, before the stop: 50 pings of a distinct size that
+/// all got their reply, so their 100 packets crossed both captured
+/// interfaces before the stop and must all be in both files.
+#[test]
+fn capture_stopped_during_traffic_holds_everything_before_the_stop() {
+    let topo = pair();
+    let origin = ORIGIN_IP.to_string();
+    let client = topo.client_ns(0);
+    let cap_wan = Capture::start(&topo, &topo.router_ns(0), "wan0", "a-wan", None).unwrap();
+    let cap_cl = Capture::start(&topo, &client, "eth0", "client", Some("icmp")).unwrap();
+    let background = topo
+        .spawn(
+            &client,
+            "ping-background",
+            &["ping", "-n", "-i", "0.002", "-s", "64", &origin],
+        )
+        .unwrap();
+    let out = topo
+        .exec(
+            &client,
+            &[
+                "ping", "-n", "-q", "-c", "50", "-i", "0.01", "-s", "1111", "-W", "5", &origin,
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.contains(" 50 received"),
+        "the foreground pings were not all answered, the test proves nothing:\n{out}"
+    );
+    let files = [
+        ("a-wan", cap_wan.stop().unwrap()),
+        ("client", cap_cl.stop().unwrap()),
+    ];
+    assert!(
+        background.is_running(),
+        "the background ping ended before the stop: {}",
+        background.log()
+    );
+    background.kill();
+    for (name, pcap) in &files {
+        let log = std::fs::read_to_string(topo.workdir().join(format!("logs/tcpdump-{name}.log")))
+            .unwrap_or_default();
+        let stats = capture::TcpdumpStats::parse(&log);
+        // 1111 bytes of ICMP payload: IP length 1139.
+        let requests = capture::matching(pcap, "icmp.type == 8 && ip.len == 1139").unwrap();
+        let replies = capture::matching(pcap, "icmp.type == 0 && ip.len == 1139").unwrap();
+        let markers = capture::matching(
+            pcap,
+            &format!("eth.type == {:#06x}", capture::MARKER_ETHERTYPE),
+        )
+        .unwrap();
+        let background_frames = capture::matching(pcap, "icmp && ip.len == 92").unwrap();
+        println!(
+            "{name}: {} foreground requests, {} replies, {} background frames, {} markers left; tcpdump {}",
+            requests.len(),
+            replies.len(),
+            background_frames.len(),
+            markers.len(),
+            stats.map_or_else(|| "without statistics".to_string(), |s| s.to_string()),
+        );
+        assert_eq!(requests.len(), 50, "{name}: echo requests before the stop");
+        assert_eq!(replies.len(), 50, "{name}: echo replies before the stop");
+        assert!(markers.is_empty(), "{name}: stop markers left: {markers:?}");
+        assert!(
+            !background_frames.is_empty(),
+            "{name}: no background traffic captured"
+        );
+    }
+}

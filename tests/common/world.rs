@@ -372,3 +372,119 @@ pub fn wait_for_bytes(p: &Proc, path: &Path, bytes: u64) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The kernel's view of the daemon's queues in one router namespace: what
+/// the daemon was sent and what the kernel let past it. The queue the
+/// first packets of a flow go to is fail-open, so a daemon that falls
+/// behind does not see some packets — including, possibly, a response head
+/// (then that connection gets no decision).
+#[derive(Debug, Default, Clone)]
+pub struct QueueReport {
+    /// Per bound queue: (number, packets in the queue now, dropped because
+    /// it was full, dropped because the socket was full, packets enqueued
+    /// in all (`id_sequence`)), from /proc/net/netfilter/nfnetlink_queue.
+    /// With the fail-open flag, a full queue passes packets uncounted.
+    pub queues: Vec<(u16, u64, u64, u64, u64)>,
+    /// `Drops` of the daemon's NETLINK_NETFILTER socket (/proc/net/netlink):
+    /// messages the socket's receive buffer had no room for. On a fail-open
+    /// queue each such packet was accepted without the daemon seeing it
+    /// (kernel `__nfqnl_enqueue_packet`: `nfnetlink_unicast` failed, the
+    /// packet is reinjected with NF_ACCEPT and counted nowhere else).
+    pub socket_drops: u64,
+    /// Packets that met a queue rule (NFQUEUE targets of the mangle
+    /// `TANDEM` chain): enqueued, or passed by a full fail-open queue
+    /// (which `id_sequence` does not count).
+    pub rule_hits: u64,
+}
+
+impl QueueReport {
+    /// Reads the counters in namespace `ns`.
+    pub fn read(topo: &Topology, ns: &str) -> QueueReport {
+        let cat = |f: &str| topo.exec(ns, &["cat", f]).unwrap_or_default();
+        let mut r = QueueReport::default();
+        // The rules' counters first: a packet counted there is enqueued (or
+        // passed) before the queue's counters are read, so a packet still
+        // in flight cannot look passed.
+        let rules = topo
+            .exec(
+                ns,
+                &[
+                    "iptables", "-w", "-t", "mangle", "-L", "TANDEM", "-v", "-n", "-x",
+                ],
+            )
+            .unwrap_or_default();
+        let mut portids = Vec::new();
+        for l in cat("/proc/net/netfilter/nfnetlink_queue").lines() {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if let [
+                q,
+                portid,
+                total,
+                _mode,
+                _range,
+                dropped,
+                user_dropped,
+                seq,
+                ..,
+            ] = f[..]
+            {
+                r.queues.push((q as u16, total, dropped, user_dropped, seq));
+                portids.push(portid);
+            }
+        }
+        portids.dedup();
+        r.rule_hits = rules
+            .lines()
+            .filter(|l| l.contains("NFQUEUE"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        for l in cat("/proc/net/netlink").lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode; Eth 12 = NETLINK_NETFILTER.
+            if f.len() >= 9
+                && f[1] == "12"
+                && f[2].parse::<u64>().is_ok_and(|p| portids.contains(&p))
+            {
+                r.socket_drops += f[8].parse::<u64>().unwrap_or(0);
+            }
+        }
+        r
+    }
+
+    /// Packets enqueued in all queues.
+    pub fn enqueued(&self) -> u64 {
+        self.queues.iter().map(|q| q.4).sum()
+    }
+
+    /// Packets waiting in the queues now.
+    pub fn waiting(&self) -> u64 {
+        self.queues.iter().map(|q| q.1).sum()
+    }
+
+    /// Packets that met a queue rule but never reached the daemon (full
+    /// queue or full socket, both fail-open): rule hits − handled by the
+    /// daemon (`handled`, its `queued` packet counter) − still waiting.
+    /// Exact when no traffic flows while the counters are read.
+    pub fn bypassed(&self, handled: u64) -> i64 {
+        self.rule_hits as i64 - handled as i64 - self.waiting() as i64
+    }
+}
+
+impl std::fmt::Display for QueueReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (q, total, dropped, user_dropped, seq) in &self.queues {
+            write!(
+                f,
+                "queue {q}: {seq} enqueued, {total} waiting, {dropped} dropped (full), {user_dropped} dropped (socket); "
+            )?;
+        }
+        write!(
+            f,
+            "socket receive-buffer drops {}; queue rules matched {} packets",
+            self.socket_drops, self.rule_hits
+        )
+    }
+}

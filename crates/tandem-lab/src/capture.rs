@@ -1,16 +1,37 @@
-//! Packet captures (`tcpdump -U`, packet-buffered so the last packets of a
-//! short test are not lost) and checks on them with `tshark`: no packet with
-//! a LAN (192.0.2.0/24) source address on a router's WAN, no bad IP/TCP
+//! Packet captures (`tcpdump -U --immediate-mode`) that are complete up to
+//! the moment they are stopped, and checks on them with `tshark`: no packet
+//! with a LAN (192.0.2.0/24) source address on a router's WAN, no bad IP/TCP
 //! checksums, no segment beyond the receiver's advertised window.
 //!
 //! Checksum checks are meaningful because the topology disables checksum
 //! offloads on its veths ([`crate::TopologySpec::no_offloads`]).
+//!
+//! # Completeness
+//!
+//! tcpdump stops at SIGINT without reading what is still in its packet
+//! ring: its "packets received by filter" then exceeds "packets captured"
+//! by whatever arrived in the last moment (or, under load, by everything it
+//! had not got round to). Comparing those two counters therefore fails
+//! whenever traffic is still flowing at the stop — the origin's FIN-ACK of
+//! a download that just ended, say (measured: "25117 captured, 25118
+//! received by filter" with the last frame a client FIN) — and says nothing
+//! about *which* packets are missing.
+//!
+//! [`Capture::stop`] instead sends a stop marker out of the captured
+//! interface (one Ethernet frame of a local-experimental EtherType, which
+//! no stack in the lab answers or forwards) and waits until tcpdump has
+//! written it to the file. tcpdump reads its ring in order, so every
+//! packet that crossed the interface before the marker is then in the file;
+//! only then does it send SIGINT. It fails if the marker never arrives, or
+//! if the kernel dropped packets (ring full). The marker frames are removed
+//! from the file before it is returned, so the checks never see them.
 
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::Signal;
 
 use crate::netns;
@@ -25,15 +46,43 @@ pub const LAN_SOURCE_FILTER: &str = "ip.src == 192.0.2.0/24";
 pub const EXPERT_PROBLEM_FILTER: &str =
     "ip.checksum.status == 0 || tcp.checksum.status == 0 || _ws.malformed";
 
+/// EtherType of the stop marker: IEEE 802 "local experimental 1", which
+/// no protocol stack handles (the peer veth drops it unanswered).
+pub const MARKER_ETHERTYPE: u16 = 0x88b5;
+
+/// Payload prefix of every stop marker; a per-stop nonce follows.
+const MARKER_TAG: &[u8] = b"tandem-lab capture stop marker ";
+
+/// Destination MAC of the marker: locally administered unicast that no lab
+/// interface has (the kernel gives veths random addresses; a clash would
+/// only make the peer see and drop an unknown EtherType).
+const MARKER_DST: [u8; 6] = [0x02, 0x74, 0x64, 0x6c, 0x61, 0x62];
+
+/// How long [`Capture::stop`] waits for tcpdump to write the marker. It
+/// returns as soon as it is written (milliseconds); this only bounds how
+/// long a capture that lost it is waited for.
+const MARKER_WAIT: Duration = Duration::from_secs(30);
+
+/// pcap link type of Ethernet captures.
+const LINKTYPE_ETHERNET: u32 = 1;
+
 /// A running capture on one interface.
 pub struct Capture {
     proc: Proc,
     path: PathBuf,
+    ns: String,
+    iface: String,
 }
 
 impl Capture {
-    /// Starts `tcpdump -U` on `iface` in `ns`, writing `<workdir>/<name>.pcap`,
-    /// optionally with a BPF `filter`; waits until it listens.
+    /// Starts `tcpdump -U --immediate-mode` on `iface` in `ns`, writing
+    /// `<workdir>/<name>.pcap`, optionally with a BPF `filter` (stop markers
+    /// pass it too); waits until it listens.
+    ///
+    /// `--immediate-mode` besides `-U`: without it libpcap hands packets
+    /// over in TPACKET_V3 blocks that retire only when full or after a 1 s
+    /// timeout (measured: a reset that ended a download 1.4 s after the
+    /// last data was missing from the file).
     pub fn start(
         topo: &Topology,
         ns: &str,
@@ -43,28 +92,332 @@ impl Capture {
     ) -> Result<Capture> {
         let path = topo.workdir().join(format!("{name}.pcap"));
         let path_s = path.to_string_lossy().into_owned();
-        let mut argv = vec!["tcpdump", "-U", "-n", "-i", iface, "-w", &path_s];
-        if let Some(f) = filter {
+        let filter = filter.map(|f| format!("({f}) or ether proto {MARKER_ETHERTYPE:#06x}"));
+        let mut argv = vec![
+            "tcpdump",
+            "-U",
+            "--immediate-mode",
+            "-n",
+            "-i",
+            iface,
+            "-w",
+            &path_s,
+        ];
+        if let Some(f) = &filter {
             argv.push(f);
         }
         let proc = topo.spawn(ns, &format!("tcpdump-{name}"), &argv)?;
         proc.wait_for_log("listening on", Duration::from_secs(10))?;
-        Ok(Capture { proc, path })
+        Ok(Capture {
+            proc,
+            path,
+            ns: ns.to_owned(),
+            iface: iface.to_owned(),
+        })
     }
 
-    /// Stops the capture (SIGINT, so tcpdump writes everything) and returns the file.
+    /// Stops the capture once it holds every packet that crossed the
+    /// interface before this call (see the module doc), removes the stop
+    /// marker from the file and returns its path.
+    ///
+    /// Fails if tcpdump did not write the marker within 30 s, exited early,
+    /// or reports packets dropped by the kernel; the error names the file
+    /// and tcpdump's counters.
     pub fn stop(self) -> Result<PathBuf> {
+        self.stop_with_stats().map(|(path, _)| path)
+    }
+
+    /// [`Capture::stop`], also returning tcpdump's closing statistics
+    /// (`None` if it had to be killed). Its counters include the stop
+    /// marker, and "received by filter" also the packets that arrived
+    /// after the marker while tcpdump stopped.
+    pub fn stop_with_stats(self) -> Result<(PathBuf, Option<TcpdumpStats>)> {
+        let nonce = marker_nonce();
+        let waited = Instant::now();
+        let seen =
+            send_marker(&self.ns, &self.iface, &nonce).and_then(|()| self.wait_for_marker(&nonce));
         self.proc.signal(Signal::SIGINT);
         if self.proc.wait_timeout(Duration::from_secs(5))?.is_none() {
             self.proc.kill();
         }
-        Ok(self.path)
+        let stats = TcpdumpStats::parse(&self.proc.log());
+        let path = self.path.display();
+        if let Err(e) = seen {
+            bail!(
+                "{path}: capture incomplete: the stop marker sent out of {} was not in the file \
+                 after {:.1} s ({e:#}); tcpdump: {}",
+                self.iface,
+                waited.elapsed().as_secs_f64(),
+                stats.map_or_else(|| "no statistics".to_string(), |s| s.to_string()),
+            );
+        }
+        if let Some(s) = stats {
+            if s.dropped > 0 {
+                bail!("{path}: capture incomplete: the kernel dropped packets; tcpdump: {s}");
+            }
+        }
+        let bytes = std::fs::read(&self.path).with_context(|| format!("reading {path}"))?;
+        let kept = strip_markers(&bytes).with_context(|| format!("{path}"))?;
+        let tmp = self.path.with_extension("pcap.tmp");
+        std::fs::write(&tmp, kept).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {path}"))?;
+        Ok((self.path, stats))
     }
 
     /// Path of the pcap file.
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Polls the growing file (only the new records each time) until a
+    /// marker with `nonce` is in it.
+    fn wait_for_marker(&self, nonce: &[u8]) -> Result<()> {
+        let start = Instant::now();
+        let mut file = std::fs::File::open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        let mut scan = PcapScan::default();
+        let mut chunk = Vec::new();
+        loop {
+            chunk.clear();
+            file.seek(SeekFrom::Start(scan.consumed))?;
+            file.read_to_end(&mut chunk)?;
+            if scan.feed(&chunk, |frame| is_marker(frame, Some(nonce)))? {
+                return Ok(());
+            }
+            if let Some(status) = self.proc.try_wait()? {
+                bail!("tcpdump exited ({status}) before writing the marker");
+            }
+            if start.elapsed() > MARKER_WAIT {
+                bail!("not written within {MARKER_WAIT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A nonce unique to this stop (process, time, counter), so a marker from
+/// another capture's stop seen on the same link is not taken for ours.
+fn marker_nonce() -> Vec<u8> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!(
+        "{:08x}{:016x}{:04x}",
+        std::process::id(),
+        nanos,
+        COUNT.fetch_add(1, Ordering::Relaxed) & 0xffff
+    )
+    .into_bytes()
+}
+
+/// The marker frame: Ethernet header, [`MARKER_TAG`], the nonce, padding to
+/// the 60-byte Ethernet minimum.
+pub fn marker_frame(nonce: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&MARKER_DST);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0]);
+    f.extend_from_slice(&MARKER_ETHERTYPE.to_be_bytes());
+    f.extend_from_slice(MARKER_TAG);
+    f.extend_from_slice(nonce);
+    f.resize(f.len().max(60), 0);
+    f
+}
+
+/// Whether an Ethernet `frame` is a stop marker (with `nonce`, if given).
+pub fn is_marker(frame: &[u8], nonce: Option<&[u8]>) -> bool {
+    let Some(payload) = frame.get(14..) else {
+        return false;
+    };
+    frame[12..14] == MARKER_ETHERTYPE.to_be_bytes()
+        && payload.starts_with(MARKER_TAG)
+        && nonce.is_none_or(|n| payload[MARKER_TAG.len()..].starts_with(n))
+}
+
+/// Sends one marker frame out of `iface` in namespace `ns` (AF_PACKET).
+fn send_marker(ns: &str, iface: &str, nonce: &[u8]) -> Result<()> {
+    let frame = marker_frame(nonce);
+    let name = std::ffi::CString::new(iface).context("interface name")?;
+    netns::in_ns(ns, move || {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+        // SAFETY: a NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            bail!("no interface {name:?}: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: plain socket(2); the descriptor is owned right after.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
+        }
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as libc::c_ushort;
+        addr.sll_protocol = MARKER_ETHERTYPE.to_be();
+        addr.sll_ifindex = index as libc::c_int;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&MARKER_DST);
+        // SAFETY: frame and addr are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("sending the stop marker on {name:?}"));
+        }
+        Ok(())
+    })
+}
+
+/// tcpdump's closing statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpdumpStats {
+    /// "packets captured": written to the file.
+    pub captured: u64,
+    /// "packets received by filter": put in its ring by the kernel.
+    pub received: u64,
+    /// "packets dropped by kernel": the ring was full.
+    pub dropped: u64,
+}
+
+impl TcpdumpStats {
+    /// Parses the three counter lines of a tcpdump log; `None` if one is
+    /// missing (tcpdump was killed).
+    pub fn parse(log: &str) -> Option<TcpdumpStats> {
+        let count = |what: &str| -> Option<u64> {
+            log.lines()
+                .find(|l| l.trim_end().ends_with(what))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        };
+        Some(TcpdumpStats {
+            captured: count("packets captured")?,
+            received: count("packets received by filter")?,
+            dropped: count("packets dropped by kernel")?,
+        })
+    }
+}
+
+impl std::fmt::Display for TcpdumpStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} captured, {} received by filter, {} dropped by kernel",
+            self.captured, self.received, self.dropped
+        )
+    }
+}
+
+/// Incremental reader of a pcap file that is still being written: feed it
+/// the bytes from [`PcapScan::consumed`] on; it walks the complete records
+/// (a record cut short by the writer waits for the next feed).
+#[derive(Debug, Default)]
+pub struct PcapScan {
+    /// Bytes of the file walked so far (global header and whole records).
+    pub consumed: u64,
+    big_endian: Option<bool>,
+}
+
+/// Largest record a pcap written by tcpdump (snaplen 262144) can hold.
+const MAX_RECORD: usize = 262_144;
+
+impl PcapScan {
+    /// Walks the complete records in `bytes` (the file from `consumed` on),
+    /// calling `hit` on each frame; stops and returns `true` at the first
+    /// frame `hit` accepts.
+    pub fn feed(&mut self, bytes: &[u8], mut hit: impl FnMut(&[u8]) -> bool) -> Result<bool> {
+        let mut at = 0;
+        let big = match self.big_endian {
+            Some(b) => b,
+            None => {
+                let Some(h) = bytes.get(..24) else {
+                    return Ok(false);
+                };
+                let big = pcap_header(h)?;
+                self.big_endian = Some(big);
+                at = 24;
+                self.consumed = 24;
+                big
+            }
+        };
+        let u32_at = |b: &[u8], i: usize| {
+            let w = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+            if big {
+                u32::from_be_bytes(w)
+            } else {
+                u32::from_le_bytes(w)
+            }
+        };
+        while let Some(rec) = bytes.get(at..at + 16) {
+            let len = u32_at(rec, 8) as usize;
+            if len > MAX_RECORD {
+                bail!(
+                    "corrupt pcap: a record of {len} bytes at offset {}",
+                    self.consumed
+                );
+            }
+            let Some(frame) = bytes.get(at + 16..at + 16 + len) else {
+                break;
+            };
+            at += 16 + len;
+            self.consumed += (16 + len) as u64;
+            if hit(frame) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Checks a pcap global header; returns whether the file is big-endian.
+fn pcap_header(h: &[u8]) -> Result<bool> {
+    let magic = [h[0], h[1], h[2], h[3]];
+    let big = match u32::from_le_bytes(magic) {
+        0xa1b2_c3d4 | 0xa1b2_3c4d => false,
+        0xd4c3_b2a1 | 0x4d3c_b2a1 => true,
+        m => bail!("not a pcap file (magic {m:#010x})"),
+    };
+    let lt = [h[20], h[21], h[22], h[23]];
+    let linktype = if big {
+        u32::from_be_bytes(lt)
+    } else {
+        u32::from_le_bytes(lt)
+    } & 0x0fff_ffff;
+    if linktype != LINKTYPE_ETHERNET {
+        bail!("pcap link type {linktype}, not Ethernet: no stop marker possible");
+    }
+    Ok(big)
+}
+
+/// `pcap` without its stop-marker frames (any nonce).
+pub fn strip_markers(pcap: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(pcap.len());
+    let Some(h) = pcap.get(..24) else {
+        bail!("truncated pcap header ({} bytes)", pcap.len());
+    };
+    out.extend_from_slice(h);
+    let mut scan = PcapScan::default();
+    let mut at = 24;
+    scan.feed(pcap, |frame| {
+        if !is_marker(frame, None) {
+            out.extend_from_slice(&pcap[at..at + 16 + frame.len()]);
+        }
+        at += 16 + frame.len();
+        false
+    })?;
+    Ok(out)
 }
 
 /// Frames of `pcap` matching the display filter, as one summary line each.
@@ -248,6 +601,129 @@ fn fail_if_any(pcap: &Path, filter: &str, what: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pcap file (Ethernet, microsecond magic) holding `frames`.
+    fn pcap(frames: &[Vec<u8>], big: bool) -> Vec<u8> {
+        let w = |v: u32| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let w16 = |v: u16| {
+            if big {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let mut out = Vec::new();
+        out.extend_from_slice(&w(0xa1b2_c3d4));
+        out.extend_from_slice(&w16(2));
+        out.extend_from_slice(&w16(4));
+        out.extend_from_slice(&w(0));
+        out.extend_from_slice(&w(0));
+        out.extend_from_slice(&w(262_144));
+        out.extend_from_slice(&w(LINKTYPE_ETHERNET));
+        for (i, f) in frames.iter().enumerate() {
+            out.extend_from_slice(&w(1_700_000_000 + i as u32));
+            out.extend_from_slice(&w(0));
+            out.extend_from_slice(&w(f.len() as u32));
+            out.extend_from_slice(&w(f.len() as u32));
+            out.extend_from_slice(f);
+        }
+        out
+    }
+
+    /// An Ethernet/IPv4 frame with some payload byte `b`.
+    fn ip_frame(b: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend_from_slice(&[b; 46]);
+        f
+    }
+
+    #[test]
+    fn marker_frames_are_recognised_by_tag_and_nonce() {
+        let m = marker_frame(b"0123abcd");
+        assert_eq!(m.len(), 60);
+        assert!(is_marker(&m, None));
+        assert!(is_marker(&m, Some(b"0123abcd")));
+        assert!(!is_marker(&m, Some(b"0123abce")));
+        assert!(!is_marker(&ip_frame(0x88), None));
+        assert!(!is_marker(&m[..13], None));
+        // Right EtherType, other payload: not ours.
+        let mut other = m.clone();
+        other[14] ^= 1;
+        assert!(!is_marker(&other, None));
+    }
+
+    #[test]
+    fn scan_finds_the_marker_only_in_complete_records_fed_in_pieces() {
+        for big in [false, true] {
+            let frames = vec![ip_frame(1), ip_frame(2), marker_frame(b"n1"), ip_frame(3)];
+            let file = pcap(&frames, big);
+            let mut scan = PcapScan::default();
+            // Byte by byte: the marker is seen exactly when its record is complete.
+            let marker_end = 24 + 3 * 16 + 60 + 60 + 60;
+            let mut seen_at = None;
+            for end in 1..=file.len() {
+                let from = scan.consumed as usize;
+                if scan
+                    .feed(&file[from..end], |f| is_marker(f, Some(b"n1")))
+                    .unwrap()
+                {
+                    seen_at = Some(end);
+                    break;
+                }
+            }
+            assert_eq!(seen_at, Some(marker_end), "big-endian {big}");
+            assert_eq!(scan.consumed as usize, marker_end);
+            // Another nonce is never matched.
+            let mut scan = PcapScan::default();
+            assert!(!scan.feed(&file, |f| is_marker(f, Some(b"n2"))).unwrap());
+            assert_eq!(scan.consumed as usize, file.len());
+        }
+    }
+
+    #[test]
+    fn strip_removes_every_marker_and_keeps_the_rest_byte_for_byte() {
+        let frames = vec![
+            marker_frame(b"old"),
+            ip_frame(1),
+            marker_frame(b"n1"),
+            ip_frame(2),
+        ];
+        for big in [false, true] {
+            let file = pcap(&frames, big);
+            // Header, then records of 16 + 60 bytes: keep the 2nd and 4th.
+            let rec = |i: usize| &file[24 + 76 * i..24 + 76 * (i + 1)];
+            let want = [&file[..24], rec(1), rec(3)].concat();
+            assert_eq!(strip_markers(&file).unwrap(), want, "big-endian {big}");
+            // A record cut short at the end (writer killed) is dropped.
+            let mut cut = file.clone();
+            cut.extend_from_slice(&pcap(&[ip_frame(9)], big)[24..40]);
+            assert_eq!(strip_markers(&cut).unwrap(), want);
+        }
+        assert!(strip_markers(b"not a pcap file at all, no").is_err());
+        assert!(strip_markers(&[0xd4, 0xc3]).is_err());
+    }
+
+    #[test]
+    fn tcpdump_statistics_are_parsed_from_its_log() {
+        let log = "tcpdump: listening on wan0, link-type EN10MB (Ethernet), snapshot length 262144 bytes\n\
+                   25117 packets captured\n25118 packets received by filter\n0 packets dropped by kernel\n";
+        assert_eq!(
+            TcpdumpStats::parse(log),
+            Some(TcpdumpStats {
+                captured: 25117,
+                received: 25118,
+                dropped: 0
+            })
+        );
+        assert_eq!(TcpdumpStats::parse("tcpdump: listening on wan0\n"), None);
+    }
 
     #[test]
     fn window_analysis_flags_only_data_beyond_the_edge() {

@@ -276,6 +276,86 @@ impl IfCounters {
     }
 }
 
+/// The kernel's counters of one NFQUEUE (from
+/// `/proc/net/netfilter/nfnetlink_queue`) and of the netlink socket bound
+/// to it (`/proc/net/netlink`).
+///
+/// On a fail-open queue two kinds of packets pass the listener unseen, and
+/// the kernel counts neither as a drop: those that find the queue full
+/// (not in `enqueued` either: compare with the queue rule's packet count)
+/// and those whose message finds the socket's receive buffer full (in
+/// `enqueued` and in `socket_drops`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NfqueueCounters {
+    /// Queue number.
+    pub queue: u16,
+    /// Netlink port id of the listener.
+    pub portid: u32,
+    /// Packets waiting for a verdict now.
+    pub waiting: u64,
+    /// Dropped because the queue was full (queues without fail-open).
+    pub dropped_full: u64,
+    /// Dropped because the socket was full (queues without fail-open).
+    pub dropped_socket: u64,
+    /// Packets given an id (`id_sequence`): every packet enqueued,
+    /// including those a full socket then passed or dropped.
+    pub enqueued: u64,
+    /// `Drops` of the listener's socket: messages its receive buffer had no
+    /// room for.
+    pub socket_drops: u64,
+}
+
+/// Parses `/proc/net/netfilter/nfnetlink_queue` (`socket_drops` left 0).
+pub fn parse_nfqueue(text: &str) -> Vec<NfqueueCounters> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l.split_whitespace().map_while(|x| x.parse().ok()).collect();
+            let [q, portid, waiting, _mode, _range, full, socket, seq, ..] = f[..] else {
+                return None;
+            };
+            Some(NfqueueCounters {
+                queue: u16::try_from(q).ok()?,
+                portid: u32::try_from(portid).ok()?,
+                waiting,
+                dropped_full: full,
+                dropped_socket: socket,
+                enqueued: seq,
+                socket_drops: 0,
+            })
+        })
+        .collect()
+}
+
+/// `Drops` of the NETLINK_NETFILTER socket with port id `portid` in the
+/// text of `/proc/net/netlink`.
+pub fn parse_netlink_drops(text: &str, portid: u32) -> Option<u64> {
+    text.lines().skip(1).find_map(|l| {
+        // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() >= 9 && f[1] == "12" && f[2].parse::<u32>().ok()? == portid)
+            .then(|| f[8].parse().ok())?
+    })
+}
+
+/// The counters of NFQUEUE `queue` in namespace `ns` (`None`: nobody is
+/// bound to it).
+pub fn nfqueue_counters(ns: &str, queue: u16) -> Result<Option<NfqueueCounters>> {
+    let (queues, netlink) = in_ns(ns, || {
+        let queues = std::fs::read_to_string("/proc/thread-self/net/netfilter/nfnetlink_queue")
+            .unwrap_or_default();
+        let netlink = std::fs::read_to_string("/proc/thread-self/net/netlink")
+            .context("reading /proc/net/netlink")?;
+        Ok((queues, netlink))
+    })?;
+    Ok(parse_nfqueue(&queues)
+        .into_iter()
+        .find(|c| c.queue == queue)
+        .map(|mut c| {
+            c.socket_drops = parse_netlink_drops(&netlink, c.portid).unwrap_or(0);
+            c
+        }))
+}
+
 /// Parses one interface's line of `/proc/net/dev`.
 pub fn parse_net_dev(text: &str, iface: &str) -> Option<IfStats> {
     for line in text.lines() {
@@ -432,6 +512,32 @@ fn install_signal_cleanup() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nfqueue_and_netlink_counters_are_parsed() {
+        let q = "    0  12345     3 2     0     0     0    98765  1\n    7   3566     0 2 65531     5     6     8133  1\n";
+        let c = parse_nfqueue(q);
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c[1],
+            NfqueueCounters {
+                queue: 7,
+                portid: 3566,
+                waiting: 0,
+                dropped_full: 5,
+                dropped_socket: 6,
+                enqueued: 8133,
+                socket_drops: 0
+            }
+        );
+        let nl = "sk               Eth Pid        Groups   Rmem     Wmem     Dump  Locks    Drops    Inode\n\
+                  00000000e336ff26 0   0          00000000 0        0        0     2        0        4\n\
+                  00000000fcbc1fbb 12  12345      00000000 0        0        0     2        417      560\n\
+                  00000000fcbc1fbc 12  3566       00000000 0        0        0     2        0        561\n";
+        assert_eq!(parse_netlink_drops(nl, 12345), Some(417));
+        assert_eq!(parse_netlink_drops(nl, 3566), Some(0));
+        assert_eq!(parse_netlink_drops(nl, 1), None);
+    }
 
     #[test]
     fn parses_proc_net_dev() {

@@ -528,6 +528,38 @@ impl Topology {
         self.delayline.as_ref()
     }
 
+    /// What the delay line let through undelayed so far, with its
+    /// counters, or `None` without a delay line. Its queue is fail-open: a
+    /// packet that finds the queue or the delay line's socket full passes
+    /// at once, overtaking the packets held before it — the testbed then
+    /// reorders (a response head overtaken by enough later segments of its
+    /// flow misses the daemon's first-packets queue window, for instance).
+    pub fn delayline_bypass(&self) -> Result<Option<DelayLineBypass>> {
+        if self.delayline.is_none() {
+            return Ok(None);
+        }
+        let inet = self.internet_ns();
+        // The rule's counter first: a packet counted there is enqueued (or
+        // passed) before the queue's counters are read, so traffic still
+        // flowing cannot make an enqueued packet look passed.
+        let rules = self.exec(
+            &inet,
+            &["iptables", "-w", "-L", "FORWARD", "-v", "-n", "-x"],
+        )?;
+        let Some(c) = netns::nfqueue_counters(&inet, DELAY_QUEUE)? else {
+            return Ok(None);
+        };
+        let rule_hits: u64 = rules
+            .lines()
+            .filter(|l| l.contains("NFQUEUE"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Ok(Some(DelayLineBypass {
+            rule_hits,
+            counters: c,
+        }))
+    }
+
     /// Removes everything now (also done by Drop). Errors are collected.
     pub fn teardown(&mut self) -> Result<()> {
         let procs: Vec<Proc> =
@@ -850,6 +882,38 @@ fn addr(ns: &str, iface: &str, a: Ipv4Addr, len: u8) -> Result<()> {
 
 fn route(ns: &str, dst: &str, via: Ipv4Addr) -> Result<()> {
     ip(ns, &["route", "add", dst, "via", &via.to_string()])
+}
+
+/// The delay line's kernel counters (see [`Topology::delayline_bypass`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DelayLineBypass {
+    /// Packets that met the delay line's queue rule.
+    pub rule_hits: u64,
+    /// Its queue's and socket's counters.
+    pub counters: netns::NfqueueCounters,
+}
+
+impl DelayLineBypass {
+    /// Packets that passed undelayed: a full queue (rule hits not
+    /// enqueued) or a full socket.
+    pub fn undelayed(&self) -> u64 {
+        self.rule_hits.saturating_sub(self.counters.enqueued) + self.counters.socket_drops
+    }
+}
+
+impl std::fmt::Display for DelayLineBypass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "delay line: {} packets met its queue rule, {} enqueued, {} passed undelayed \
+             ({} by a full queue, {} by a full socket)",
+            self.rule_hits,
+            self.counters.enqueued,
+            self.undelayed(),
+            self.rule_hits.saturating_sub(self.counters.enqueued),
+            self.counters.socket_drops
+        )
+    }
 }
 
 #[cfg(test)]
