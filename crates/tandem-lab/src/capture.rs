@@ -198,8 +198,10 @@ impl Capture {
 /// A nonce unique to this stop (process, time, counter), so a marker from
 /// another capture's stop seen on the same link is not taken for ours.
 fn marker_nonce() -> Vec<u8> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNT: AtomicU64 = AtomicU64::new(0);
+    // 32 bits: the router build targets include ones without 64-bit
+    // atomics (the CI checks one).
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNT: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
