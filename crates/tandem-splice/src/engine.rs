@@ -104,19 +104,18 @@ impl Engine {
     /// Counters. The sender counters (`retransmitted`, `timeouts`,
     /// `spurious_timeouts`) are summed over the live flows on each call.
     pub fn stats(&self) -> EngineStats {
-        let mut st = self.stats;
-        let mut add = |c: crate::sender::SenderCounters| {
-            st.retransmitted += c.retransmitted;
-            st.timeouts += c.timeouts;
-            st.spurious_timeouts += c.spurious_timeouts;
-        };
-        add(self.retired);
+        let mut sum = self.retired;
         for id in &self.active {
             if let Some(f) = self.flows.get(id) {
-                add(f.counters());
+                sum.add(f.counters());
             }
         }
-        st
+        EngineStats {
+            retransmitted: self.stats.retransmitted + sum.retransmitted,
+            timeouts: self.stats.timeouts + sum.timeouts,
+            spurious_timeouts: self.stats.spurious_timeouts + sum.spurious_timeouts,
+            ..self.stats
+        }
     }
 
     /// Number of tracked flows.
@@ -212,10 +211,7 @@ impl Engine {
 
     fn forget(&mut self, id: FlowId) {
         if let Some(f) = self.flows.remove(&id) {
-            let c = f.counters();
-            self.retired.retransmitted += c.retransmitted;
-            self.retired.timeouts += c.timeouts;
-            self.retired.spurious_timeouts += c.spurious_timeouts;
+            self.retired.add(f.counters());
             self.by_key.remove(&f.key);
             self.active.retain(|a| *a != id);
             if f.state != crate::flow::FlowState::Handshake {

@@ -113,6 +113,15 @@ pub(crate) struct SenderCounters {
     pub spurious_timeouts: u64,
 }
 
+impl SenderCounters {
+    /// Adds `other`'s counts to these.
+    pub(crate) fn add(&mut self, other: SenderCounters) {
+        self.retransmitted += other.retransmitted;
+        self.timeouts += other.timeouts;
+        self.spurious_timeouts += other.spurious_timeouts;
+    }
+}
+
 /// Clock granularity assumed for the RTO (RFC 6298 `G`).
 const CLOCK_G: Duration = Duration::from_millis(1);
 
