@@ -347,20 +347,6 @@ impl RangeFetcher {
         })
     }
 
-    /// A second fetcher for the same resource and settings, with its own
-    /// (not yet opened) connection: two of them let one piece's request
-    /// round trip overlap another piece's body.
-    pub fn another_connection(&self) -> Self {
-        Self {
-            resource: self.resource.clone(),
-            config: self.config.clone(),
-            conn: None,
-            buf: vec![0; self.buf.len()],
-            stats: FetchStats::default(),
-            pipelining: self.pipelining,
-        }
-    }
-
     /// Opens the connection now if there is none, so that the next
     /// [`fetch`](Self::fetch) costs one request round trip instead of two
     /// (a worker connects while it waits for its first piece). If the
@@ -401,7 +387,7 @@ impl RangeFetcher {
     /// response head. On success the body is streamed by the returned
     /// [`PieceBody`].
     pub async fn fetch(&mut self, range: Range<u64>) -> Result<PieceBody<'_>, FetchError> {
-        let request = self.range_request(&range)?;
+        let request = self.request_for(&range)?;
         // A connection with an unread body or a close pending is useless,
         // and so is one that will answer a pipelined request for another
         // range first.
@@ -468,7 +454,7 @@ impl RangeFetcher {
     }
 
     /// The Range request for `range` (half-open, inside `0..total_len`).
-    fn range_request(&self, range: &Range<u64>) -> Result<Vec<u8>, FetchError> {
+    fn request_for(&self, range: &Range<u64>) -> Result<Vec<u8>, FetchError> {
         let total = self.resource.total_len;
         if range.start >= range.end || range.end > total {
             return Err(FetchError::BadRange {
@@ -750,7 +736,7 @@ impl PieceBody<'_> {
     /// [`FetchError::BadRange`], [`FetchError::Request`].
     pub async fn pipeline(&mut self, range: Range<u64>) -> Result<bool, FetchError> {
         let f = &mut *self.fetcher;
-        let request = f.range_request(&range)?;
+        let request = f.request_for(&range)?;
         if !f.pipelining {
             return Ok(false);
         }

@@ -164,7 +164,7 @@ async fn fetcher_against_nginx() {
 
     // Pipelined: each next piece's request goes out while the current body
     // streams; nginx answers them in order on the same connection.
-    let mut p = f.another_connection();
+    let mut p = RangeFetcher::new(f.resource().clone(), loopback_config(nginx.addr)).unwrap();
     let total = content.len() as u64;
     let mut ranges: Vec<_> = (0..total.div_ceil(piece))
         .map(|k| k * piece..((k + 1) * piece).min(total))
