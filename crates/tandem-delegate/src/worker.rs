@@ -199,8 +199,7 @@ impl Worker {
             if self.cancelled.take(piece) {
                 // A pipelined request for it makes the next fetch reconnect
                 // (its response must not be taken for another range's).
-                self.stagger.idle(self.slot);
-                self.slot ^= 1;
+                self.next_slot();
                 if self
                     .out
                     .send(error(PieceErrorKind::Cancelled, String::new()))
@@ -223,8 +222,7 @@ impl Worker {
                 self.stagger.requested(self.slot, Instant::now());
             }
             let result = self.fetch_piece(&cur.job).await;
-            self.stagger.idle(self.slot);
-            self.slot ^= 1;
+            self.next_slot();
             let msg = match result {
                 Ok(Outcome::Done) => Message::PieceEnd { session, piece },
                 Ok(Outcome::Cancelled) => error(PieceErrorKind::Cancelled, String::new()),
@@ -238,6 +236,13 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// The current piece is done with (fetched, failed or skipped): its
+    /// slot goes idle and the next piece takes the other.
+    fn next_slot(&mut self) {
+        self.stagger.idle(self.slot);
+        self.slot ^= 1;
     }
 
     async fn fetch_piece(&mut self, job: &PieceJob) -> Result<Outcome, FetchError> {
