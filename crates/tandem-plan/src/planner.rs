@@ -186,6 +186,10 @@ pub struct SourceSpec {
     /// `pipeline_depth`. The planner keeps up to this many outstanding
     /// (at most [`MAX_SOURCE_DEPTH`]) and sizes them for the rate divided
     /// over them (`rate × target_piece_time × pipeline_depth / depth`).
+    /// Such a source is planned as `depth / pipeline_depth` lanes, each
+    /// fetching whole pieces at its part of the rate (the daemon's relay
+    /// puts each piece on one uplink): tail shares, expected finish times
+    /// and endgame decisions are per lane.
     pub depth: Option<usize>,
 }
 
@@ -1202,36 +1206,68 @@ impl Planner {
         silent > self.config.suspect_silence.as_secs_f64() + 4.0 * self.report_gap(s)
     }
 
-    /// Seconds from `now` until a request sent now to `s` would start
-    /// delivering: after its backlog and at least one RTT.
-    fn ready_in(&self, s: &Source, now: Duration) -> f64 {
-        let rate = self.effective_rate(s, now);
-        let backlog: u64 = s
-            .outstanding
-            .iter()
-            .filter_map(|id| self.pieces.get(id))
-            .map(Piece::remaining)
-            .sum();
-        let head_wait = s
-            .outstanding
-            .front()
-            .and_then(|id| self.pieces.get(id))
-            .filter(|p| p.received == 0)
-            .map(|p| {
-                p.assigned_at
+    /// Paths `s` fetches on in parallel: a source deeper than the pipeline
+    /// depth (a relay: its own uplink and its sub-delegates') fetches each
+    /// piece whole on one of `depth / pipeline_depth` paths, at that part
+    /// of its rate.
+    fn lanes_of(&self, s: &Source) -> usize {
+        (self.depth_of(s) / self.config.pipeline_depth.max(1)).clamp(1, MAX_SOURCE_DEPTH)
+    }
+
+    /// The expected schedule of `s`'s outstanding pieces: each, in the
+    /// order the source serves them, on the lane that frees first, at the
+    /// lane's part of the rate and not before its request's round trip.
+    /// Returns when each lane frees (seconds from `now`; unused lanes 0)
+    /// and, for `piece`, when it is expected to end.
+    fn lane_schedule(
+        &self,
+        s: &Source,
+        now: Duration,
+        piece: Option<PieceId>,
+    ) -> ([f64; MAX_SOURCE_DEPTH], Option<f64>) {
+        let lanes = self.lanes_of(s);
+        let rate = self.effective_rate(s, now) / lanes as f64;
+        let mut free = [0.0f64; MAX_SOURCE_DEPTH];
+        let mut eta = None;
+        for id in &s.outstanding {
+            let Some(p) = self.pieces.get(id) else {
+                continue;
+            };
+            let (lane, at) = earliest(&free[..lanes]);
+            let start = if p.received == 0 {
+                let first_byte = p
+                    .assigned_at
                     .saturating_add(s.spec.rtt)
                     .saturating_sub(now)
-                    .as_secs_f64()
-            })
-            .unwrap_or(0.0);
-        let drain = if backlog == 0 {
-            0.0
-        } else if rate > 0.0 {
-            backlog as f64 / rate
-        } else {
-            f64::INFINITY
-        };
-        (head_wait + drain).max(s.spec.rtt.as_secs_f64())
+                    .as_secs_f64();
+                at.max(first_byte)
+            } else {
+                at
+            };
+            let end = if p.remaining() == 0 {
+                start
+            } else if rate > 0.0 {
+                start + p.remaining() as f64 / rate
+            } else {
+                f64::INFINITY
+            };
+            if let Some(f) = free.get_mut(lane) {
+                *f = end;
+            }
+            if piece == Some(*id) {
+                eta = Some(end);
+            }
+        }
+        (free, eta)
+    }
+
+    /// Seconds from `now` until a request sent now to `s` would start
+    /// delivering: when its first lane frees, and at least one RTT.
+    fn ready_in(&self, s: &Source, now: Duration) -> f64 {
+        let (free, _) = self.lane_schedule(s, now, None);
+        earliest(&free[..self.lanes_of(s)])
+            .1
+            .max(s.spec.rtt.as_secs_f64())
     }
 
     fn can_take_pieces(&self, s: &Source) -> bool {
@@ -1248,20 +1284,24 @@ impl Planner {
     /// together. `None` (or <= 0) means the source would finish after the
     /// others could have fetched everything: do not delegate to it.
     fn fair_share(&self, source: SourceId, remaining: u64, now: Duration) -> Option<f64> {
-        let mut rs: Vec<(f64, f64, bool)> = self
-            .sources
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| self.can_take_pieces(s))
-            .map(|(i, s)| {
-                (
-                    self.ready_in(s, now),
-                    self.effective_rate(s, now),
-                    i == source.0 as usize,
-                )
-            })
-            .filter(|(a, r, _)| a.is_finite() && *r > 0.0)
-            .collect();
+        // Every lane of every source is a server of its own (a relay's
+        // piece runs on one lane, at that lane's rate); this source's next
+        // piece goes to its lane that frees first.
+        let mut rs: Vec<(f64, f64, bool)> = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if !self.can_take_pieces(s) {
+                continue;
+            }
+            let lanes = self.lanes_of(s);
+            let rate = self.effective_rate(s, now) / lanes as f64;
+            let rtt = s.spec.rtt.as_secs_f64();
+            let (free, _) = self.lane_schedule(s, now, None);
+            let (mine, _) = earliest(&free[..lanes]);
+            for (lane, f) in free[..lanes].iter().enumerate() {
+                rs.push((f.max(rtt), rate, i == source.0 as usize && lane == mine));
+            }
+        }
+        rs.retain(|(a, r, _)| a.is_finite() && *r > 0.0);
         rs.sort_by(|a, b| a.0.total_cmp(&b.0));
         let me = rs.iter().find(|x| x.2).copied()?;
         // Find the level t with sum_i r_i * max(0, t - a_i) = remaining.
@@ -1353,7 +1393,8 @@ impl Planner {
             // A gap cut short by the window's edge is not a sliver: the
             // window moves on and the bytes beyond it follow.
             let sliver = if gap_end < hi || gap_end == self.body.end {
-                ((rate * s.spec.rtt.as_secs_f64()) as u64).max(self.config.min_tail_piece)
+                let lane_rate = rate / self.lanes_of(s) as f64;
+                ((lane_rate * s.spec.rtt.as_secs_f64()) as u64).max(self.config.min_tail_piece)
             } else {
                 self.config.min_tail_piece
             };
@@ -1422,7 +1463,7 @@ impl Planner {
                 return Some((tail, true));
             }
             let holder_eta = self.holder_eta(*id, p, now);
-            let my_eta = my_ready + p.remaining() as f64 / my_rate;
+            let my_eta = my_ready + p.remaining() as f64 * self.lanes_of(me) as f64 / my_rate;
             if my_eta + margin < holder_eta {
                 return Some((tail, true));
             }
@@ -1432,33 +1473,10 @@ impl Planner {
 
     /// Seconds from `now` until the holder of `p` is expected to finish it.
     fn holder_eta(&self, piece: PieceId, p: &Piece, now: Duration) -> f64 {
-        let Some(h) = self.sources.get(p.source.0 as usize) else {
-            return f64::INFINITY;
-        };
-        let rate = self.effective_rate(h, now);
-        if rate <= 0.0 {
-            return f64::INFINITY;
-        }
-        let mut ahead = 0u64;
-        for id in &h.outstanding {
-            if *id == piece {
-                break;
-            }
-            ahead += self.pieces.get(id).map_or(0, Piece::remaining);
-        }
-        let head_wait = h
-            .outstanding
-            .front()
-            .and_then(|id| self.pieces.get(id))
-            .filter(|q| q.received == 0)
-            .map(|q| {
-                q.assigned_at
-                    .saturating_add(h.spec.rtt)
-                    .saturating_sub(now)
-                    .as_secs_f64()
-            })
-            .unwrap_or(0.0);
-        head_wait + (ahead + p.remaining()) as f64 / rate
+        self.sources
+            .get(p.source.0 as usize)
+            .and_then(|h| self.lane_schedule(h, now, Some(piece)).1)
+            .unwrap_or(f64::INFINITY)
     }
 
     fn proportional_pick(&mut self, source: SourceId) -> Option<(Range<u64>, bool)> {
@@ -1583,6 +1601,15 @@ impl Planner {
             self.prop.next_round = Some(end);
         }
     }
+}
+
+/// The index and value of the smallest of `v` (0 and 0.0 if empty).
+fn earliest(v: &[f64]) -> (usize, f64) {
+    v.iter()
+        .copied()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0, 0.0))
 }
 
 fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {

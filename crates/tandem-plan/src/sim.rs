@@ -136,6 +136,12 @@ pub struct Scenario {
     /// Simulate neighbours that have neighbours of their own as relays
     /// running their own planner per piece, instead of aggregating them.
     pub nested: bool,
+    /// Simulate neighbours that have neighbours of their own the way the
+    /// daemon relays (tandem-delegate): each piece A asks of it is fetched
+    /// whole by one of its sources (its own uplink or one neighbour behind
+    /// it), chosen by this rule; A sees it as a source of depth
+    /// `pipeline_depth x sources`. Takes precedence over `nested`.
+    pub whole_pieces: Option<RelayPlacement>,
     /// Bytes the splice engine overshoots the requested cut by (the actual
     /// cut is later than asked), on top of the bytes in flight.
     pub cut_overshoot: u64,
@@ -162,6 +168,7 @@ impl Scenario {
             report_chunk: 64 << 10,
             original_flow: true,
             nested: false,
+            whole_pieces: None,
             cut_overshoot: 0,
             cut_delay: Duration::ZERO,
             shared_channel: None,
@@ -668,11 +675,99 @@ impl Relay {
     }
 }
 
+/// How a whole-piece relay ([`Scenario::whole_pieces`]) picks the source
+/// of each piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayPlacement {
+    /// The source with the fewest pieces outstanding (ties: its own
+    /// uplink): the daemon's rule up to session 4.
+    FewestPieces,
+    /// The source expected to finish the piece first, from its queued bytes
+    /// and its rate.
+    EarliestFinish,
+}
+
+/// A neighbour relaying the way the daemon does: every piece A asks of it
+/// goes whole to one of its sources (lane 0: its own uplink; then the
+/// routers behind it), each a FIFO server. Its link to A is assumed not to
+/// be the bottleneck.
+#[derive(Debug)]
+struct Lanes {
+    id: SourceId,
+    fifos: Vec<Fifo>,
+    rates: Vec<f64>,
+    placement: RelayPlacement,
+    slow_start: bool,
+}
+
+impl Lanes {
+    /// Seconds from `t` until lane `i` would finish `len` more bytes queued
+    /// behind what it has.
+    fn finish_in(&self, i: usize, len: u64, t: Duration) -> f64 {
+        let (Some(f), Some(&rate)) = (self.fifos.get(i), self.rates.get(i)) else {
+            return f64::INFINITY;
+        };
+        if rate <= 0.0 {
+            return f64::INFINITY;
+        }
+        let mut free = 0.0f64;
+        for r in &f.queue {
+            let ready = r.ready_at.saturating_sub(t).as_secs_f64();
+            free = free.max(ready) + (r.len as f64 - r.progress).max(0.0) / rate;
+        }
+        free.max(f.rtt.as_secs_f64()) + len as f64 / rate
+    }
+
+    fn enqueue(&mut self, piece: PieceId, range: Range<u64>, t: Duration) {
+        let len = range.end - range.start;
+        let pick = match self.placement {
+            RelayPlacement::FewestPieces => {
+                (0..self.fifos.len()).min_by_key(|&i| self.fifos[i].queue.len())
+            }
+            RelayPlacement::EarliestFinish => (0..self.fifos.len()).min_by(|&a, &b| {
+                self.finish_in(a, len, t)
+                    .total_cmp(&self.finish_in(b, len, t))
+            }),
+        };
+        let Some(i) = pick else { return };
+        let ss = self.slow_start.then_some(self.rates[i]);
+        self.fifos[i].enqueue(0, piece, range, t, t, ss);
+    }
+
+    fn cancel(&mut self, piece: PieceId, t: Duration) {
+        for f in &mut self.fifos {
+            f.cancel(0, piece, t);
+        }
+    }
+
+    fn next_event(&self, t: Duration, chunk: u64) -> Duration {
+        self.fifos
+            .iter()
+            .zip(&self.rates)
+            .map(|(f, &r)| f.next_event(t, r, chunk))
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
+    fn advance(&mut self, t: Duration, to: Duration) {
+        for (f, &r) in self.fifos.iter_mut().zip(&self.rates) {
+            f.advance(t, to, r);
+        }
+    }
+
+    fn reports(&mut self, t: Duration, chunk: u64, out: &mut Vec<Report>) {
+        for f in &mut self.fifos {
+            f.reports(t, chunk, out);
+        }
+    }
+}
+
 /// A source at A in the simulation.
 #[derive(Debug)]
 enum Server {
     Leaf(Fifo),
     Relay(Box<Relay>),
+    Lanes(Lanes),
 }
 
 impl Server {
@@ -680,6 +775,7 @@ impl Server {
         match self {
             Server::Leaf(f) => f.id,
             Server::Relay(r) => r.id,
+            Server::Lanes(l) => l.id,
         }
     }
 }
@@ -738,7 +834,33 @@ pub fn run_download(
         let mut srcs = vec![Server::Leaf(Fifo::new(local, wan_rtt, wan_rtt))];
         for n in &sc.neighbours {
             let rtt = wan_rtt + n.link_one_way * 2 * n.hops();
-            let id = planner.add_source(SourceSpec::peer(n.advertised(rule), n.link, rtt), t0)?;
+            let mut spec = SourceSpec::peer(n.advertised(rule), n.link, rtt);
+            if let Some(placement) = sc.whole_pieces
+                && !n.behind.is_empty()
+            {
+                // The daemon's relay: own uplink plus one lane per router
+                // behind it, two pieces outstanding per lane.
+                let own_rtt = wan_rtt + n.link_one_way * 2;
+                let mut fifos = vec![Fifo::new(SourceId(0), own_rtt, wan_rtt)];
+                let mut rates = vec![n.uplink.bytes_per_sec()];
+                for (link, tree) in &n.behind {
+                    // One more link round trip (deeper trees are aggregated).
+                    let rtt = own_rtt + n.link_one_way * 2;
+                    fifos.push(Fifo::new(SourceId(fifos.len() as u32), rtt, wan_rtt));
+                    rates.push(tree.deliverable(Some(*link)).bytes_per_sec());
+                }
+                spec.depth = Some(config.pipeline_depth.max(1) * fifos.len());
+                let id = planner.add_source(spec, t0)?;
+                srcs.push(Server::Lanes(Lanes {
+                    id,
+                    fifos,
+                    rates,
+                    placement,
+                    slow_start: sc.slow_start,
+                }));
+                continue;
+            }
+            let id = planner.add_source(spec, t0)?;
             if sc.nested && !n.behind.is_empty() {
                 let children: Vec<RelayChild> = n
                     .behind
@@ -833,6 +955,7 @@ pub fn run_download(
                         f.enqueue(0, a.piece, a.range, t, floor, sc.slow_start.then_some(r));
                     }
                     Server::Relay(r) => r.enqueue(a.piece, a.range, t),
+                    Server::Lanes(l) => l.enqueue(a.piece, a.range, t),
                 }
             }
             if let Server::Relay(r) = s {
@@ -849,6 +972,7 @@ pub fn run_download(
                         r.cancel(piece, t);
                         r.drive(t);
                     }
+                    Server::Lanes(l) => l.cancel(piece, t),
                 }
             }
         }
@@ -864,7 +988,7 @@ pub fn run_download(
         if let Some(channel) = sc.shared_channel {
             let transmitting = |s: &Server| match s {
                 Server::Leaf(f) => f.queue.front().map(|h| h.ready_at),
-                Server::Relay(_) => None,
+                Server::Relay(_) | Server::Lanes(_) => None,
             };
             let active: Vec<usize> = (1..srcs.len())
                 .filter(|&i| transmitting(&srcs[i]).is_some_and(|r| r <= t))
@@ -894,6 +1018,7 @@ pub fn run_download(
             next = next.min(match s {
                 Server::Leaf(f) => f.next_event(t, rates[i], chunk),
                 Server::Relay(r) => r.next_event(t, chunk),
+                Server::Lanes(l) => l.next_event(t, chunk),
             });
         }
         if let Some(m) = marks.iter().find(|m| **m > t) {
@@ -919,6 +1044,7 @@ pub fn run_download(
             match s {
                 Server::Leaf(f) => f.advance(t, next, rates[i]),
                 Server::Relay(r) => r.advance(t, next),
+                Server::Lanes(l) => l.advance(t, next),
             }
         }
         t = next;
@@ -937,6 +1063,7 @@ pub fn run_download(
             match s {
                 Server::Leaf(f) => f.reports(t, chunk, &mut reports),
                 Server::Relay(r) => r.process(t, chunk, &mut reports),
+                Server::Lanes(l) => l.reports(t, chunk, &mut reports),
             }
             for r in &reports {
                 received.insert(r.start..r.start + r.n);
@@ -963,7 +1090,7 @@ pub fn run_download(
         .iter()
         .map(|s| match s {
             Server::Relay(r) => r.sub_plans,
-            Server::Leaf(_) => 0,
+            Server::Leaf(_) | Server::Lanes(_) => 0,
         })
         .sum();
     result
@@ -1281,6 +1408,27 @@ pub fn standard_scenarios(size: u64) -> Vec<Scenario> {
     let mut nested = Scenario::new("2-hop nested: B sub-plans each piece", size, vec![two_hop]);
     nested.nested = true;
     v.push(nested);
+    // The bench's 4-router testbed: D is 2 hops away, behind B; B relays
+    // whole pieces like the daemon.
+    let mut b_with_d = nb(20.0);
+    b_with_d.behind = vec![(
+        Rate::from_mbit(54.0),
+        AdvertTree::leaf(Rate::from_mbit(20.0)),
+    )];
+    for (name, placement) in [
+        (
+            "4 routers, D via B: fewest pieces",
+            RelayPlacement::FewestPieces,
+        ),
+        (
+            "4 routers, D via B: earliest finish",
+            RelayPlacement::EarliestFinish,
+        ),
+    ] {
+        let mut sc = Scenario::new(name, size, vec![b_with_d.clone(), nb(20.0)]);
+        sc.whole_pieces = Some(placement);
+        v.push(sc);
+    }
     v.push(Scenario::new(
         "slow link: B50 over 11",
         size,
