@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tandem_http::{MAX_HEAD_LEN, Parse, RequestHead, ResponseHead};
 use tandem_wire::{
@@ -181,6 +181,10 @@ pub(crate) struct Flow {
     pub key: FlowKey,
     pub state: FlowState,
     pub last_activity: Instant,
+    /// When the client's SYN passed (a retransmitted SYN restarts the flow).
+    syn_at: Instant,
+    /// The SYN to SYN-ACK time seen here.
+    origin_rtt: Option<Duration>,
     client_syn: SynOptions,
     origin_syn: SynOptions,
     client_isn: SeqNumber,
@@ -271,6 +275,8 @@ impl Flow {
             key,
             state: FlowState::Handshake,
             last_activity: now,
+            syn_at: now,
+            origin_rtt: None,
             client_syn: SynOptions {
                 mss: syn.mss,
                 wscale: syn.wscale,
@@ -446,6 +452,7 @@ impl Flow {
                     ts: seg.ts.is_some(),
                 };
                 self.origin_isn = seg.seq;
+                self.origin_rtt = Some(now.saturating_duration_since(self.syn_at));
                 self.wscale_ok =
                     self.client_syn.wscale.is_some() && self.origin_syn.wscale.is_some();
                 self.sack_ok = self.client_syn.sack && self.origin_syn.sack;
@@ -595,6 +602,7 @@ impl Flow {
                             body_len: self.body_len,
                             client_acked,
                             pipelined: self.pipelined,
+                            origin_rtt: self.origin_rtt,
                         });
                         After::Keep
                     }

@@ -100,6 +100,10 @@ pub enum Event {
         /// The client sent bytes after the request head (pipelining, a
         /// request body): the flow cannot be accelerated.
         pipelined: bool,
+        /// Round trip from this router to the origin: from the client's
+        /// (last) SYN passing to the origin's SYN-ACK. `None` if the
+        /// handshake was not seen.
+        origin_rtt: Option<Duration>,
     },
     /// The client acknowledged every byte before the cut; the origin was
     /// stopped (zero window) and only injected bytes reach the client now.

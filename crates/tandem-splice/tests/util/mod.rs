@@ -377,10 +377,13 @@ impl Pair {
                     flow,
                     body_len: bl,
                     pipelined: false,
+                    origin_rtt,
                     ..
                 },
             ] => {
                 assert_eq!(*bl, Some(body_len));
+                // The SYN-ACK came 1 ms after the SYN.
+                assert_eq!(*origin_rtt, Some(Duration::from_millis(1)));
                 *flow
             }
             other => panic!("expected one ResponseHead, got {other:?}"),
