@@ -323,7 +323,7 @@ impl Topology {
         netns::ensure_cleanup_handlers();
         netns::remove_stale();
         let run_id = netns::new_run_id();
-        let workdir = std::env::temp_dir().join(&run_id);
+        let workdir = netns::lab_root().join(&run_id);
         std::fs::create_dir_all(workdir.join("logs"))
             .with_context(|| format!("creating {}", workdir.display()))?;
         netns::register_path(&workdir);
