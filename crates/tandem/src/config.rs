@@ -625,6 +625,33 @@ link_mbit = 54
         assert_eq!(c.node.listen.port(), DEFAULT_PEER_PORT);
     }
 
+    /// `queue.first_packets` accepts 3..=64, as docs/configuration.md says:
+    /// 3 is SYN, SYN-ACK and ACK (no request head could be seen with
+    /// fewer), 64 bounds what an undecided connection costs.
+    #[test]
+    fn first_packets_range_matches_the_docs() {
+        let with = |n: u32| {
+            Config::parse(&minimal().replace(
+                "[interfaces]",
+                &format!("[queue]\nfirst_packets = {n}\n[interfaces]"),
+            ))
+        };
+        assert_eq!(Config::parse(&minimal()).unwrap().queue.first_packets, 12);
+        for ok in [3, 12, 64] {
+            assert_eq!(with(ok).unwrap().queue.first_packets, ok);
+        }
+        for bad in [0, 2, 65] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("queue.first_packets"), "{e}");
+        }
+        let docs = include_str!("../../../docs/configuration.md");
+        assert!(
+            docs.lines()
+                .any(|l| l.starts_with("| `first_packets` | 3–64 | `12` |")),
+            "docs/configuration.md must state the range 3–64 and the default 12"
+        );
+    }
+
     #[test]
     fn example_config_in_docs_is_valid() {
         let text = include_str!("../../../docs/tandem.example.toml");
