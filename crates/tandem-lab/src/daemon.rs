@@ -60,7 +60,7 @@ pub struct DaemonSpec {
     pub neighbour_share: Option<f64>,
     /// NFQUEUE number.
     pub queue: u16,
-    /// `[queue] first_packets` (None: the daemon's default, 12).
+    /// `[queue] first_packets` (None: the daemon's default, 40).
     pub first_packets: Option<u32>,
     /// `[splice] idle_timeout_s` (None: the daemon's default, 120).
     pub idle_timeout_s: Option<u64>,
@@ -242,7 +242,7 @@ pub struct DaemonOptions {
     pub settle: Duration,
     /// `[uplink] neighbour_share` for every daemon (None: the default).
     pub neighbour_share: Option<f64>,
-    /// `[queue] first_packets` for every daemon (None: the default, 12).
+    /// `[queue] first_packets` for every daemon (None: the default, 40).
     pub first_packets: Option<u32>,
     /// `[splice] idle_timeout_s` for every daemon (None: the default, 120
     /// s): how long an undecided or idle flow stays in the flow table.
