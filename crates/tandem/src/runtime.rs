@@ -163,19 +163,23 @@ struct HeadWatch {
 }
 
 impl HeadWatch {
-    /// Follows one engine event, drained after `input`.
-    fn observe(&mut self, ev: &Event, input: Input) {
+    /// Follows one engine event, drained after `input`. Returns whether it
+    /// counted the event's flow as expired undecided.
+    fn observe(&mut self, ev: &Event, input: Input) -> bool {
         match ev {
             Event::ResponseHead { flow, .. } => {
                 self.heads.insert(*flow);
+                false
             }
             Event::FlowClosed { flow } => {
                 let decided = self.heads.remove(flow);
-                if !decided && input == Input::MaySweep {
+                let expired = !decided && input == Input::MaySweep;
+                if expired {
                     self.undecided_expired += 1;
                 }
+                expired
             }
-            _ => {}
+            _ => false,
         }
     }
 }
@@ -236,8 +240,13 @@ impl Shared {
     ) -> Option<u32> {
         let mut label = None;
         while let Some(ev) = engine.poll_event() {
-            if matches!(ev, Event::ResponseHead { .. } | Event::FlowClosed { .. }) {
-                lock(&self.heads).observe(&ev, input);
+            if matches!(ev, Event::ResponseHead { .. } | Event::FlowClosed { .. })
+                && lock(&self.heads).observe(&ev, input)
+            {
+                debug!(
+                    ?ev,
+                    "flow expired before its response head was seen (undecided)"
+                );
             }
             match ev {
                 Event::ResponseHead {
@@ -1207,6 +1216,8 @@ mod tests {
         origin_seq: u32,
         accelerate_cut: Option<u64>,
         decided: Vec<FlowId>,
+        /// Events `observe` said it counted.
+        reported: Vec<Event>,
     }
 
     const CLIENT: ([u8; 4], u16) = ([192, 0, 2, 2], 40000);
@@ -1256,12 +1267,15 @@ mod tests {
                 origin_seq: 5000,
                 accelerate_cut: None,
                 decided: Vec::new(),
+                reported: Vec::new(),
             }
         }
 
         fn drain(&mut self, input: Input) {
             while let Some(ev) = self.engine.poll_event() {
-                self.watch.observe(&ev, input);
+                if self.watch.observe(&ev, input) {
+                    self.reported.push(ev.clone());
+                }
                 if let Event::ResponseHead { flow, .. } = ev {
                     self.decided.push(flow);
                     match self.accelerate_cut {
@@ -1348,6 +1362,11 @@ mod tests {
         assert!(h.decided.is_empty());
         assert_eq!(h.watch.undecided_expired, 1);
         assert!(h.watch.heads.is_empty());
+        assert!(
+            matches!(h.reported[..], [Event::FlowClosed { .. }]),
+            "observe() reports the flow it counted: {:?}",
+            h.reported
+        );
 
         // A second one on a new connection counts again.
         h.client_seq = 9000;
@@ -1369,6 +1388,7 @@ mod tests {
         h.silence(10);
         assert_eq!(h.watch.undecided_expired, 0);
         assert!(h.watch.heads.is_empty(), "no flow left behind");
+        assert!(h.reported.is_empty());
     }
 
     #[test]
