@@ -21,14 +21,15 @@ use std::time::{Duration, Instant};
 
 use common::world::{MIB, Status, World, nfqueue_total, serial, tandem_origin};
 use common::*;
-use tandem_lab::daemon::DAEMON_QUEUE;
+use tandem_lab::daemon::{DAEMON_QUEUE, DaemonOptions};
 
 /// The daemon's `[queue] first_packets` default: packets of a new port-80
 /// connection (both directions) queued before the daemon has decided.
-const FIRST_PACKETS: u64 = 12;
+const FIRST_PACKETS: u64 = 40;
 /// Most packets one pass-through flow may put through the queue: the
-/// first-packets window (connbytes 0..=12 counts 13) with room for a few
-/// retransmissions of the handshake or heads.
+/// first-packets window (`connbytes 0:N` queues packets 1 to N: conntrack
+/// has counted the packet it matches) with room for a few retransmissions
+/// of the handshake or heads.
 const QUEUE_BOUND: u64 = 2 * FIRST_PACKETS;
 
 /// Counters before a transfer, to measure what it changed.
@@ -280,6 +281,223 @@ fn non_http_tcp_flow_on_port_80_is_untouched() {
         d.mbit_per_s()
     );
     check_untouched(&w, b0, meter, &[], size);
+}
+
+/// A response head the daemon never sees is counted. With
+/// `first_packets = 4` the kernel queues a connection's packets 1 to 4
+/// (connbytes counts the packet it matches): SYN, SYN-ACK, the client's ACK
+/// and its request (a Linux client sends the request after the handshake's
+/// ACK, not with it). The response head is at least the fifth packet, so
+/// it always arrives after the queued packets, as a head lost and
+/// retransmitted in a start burst does with the old default 12. The download
+/// (an 8 MiB video the daemon would accelerate) passes intact with no
+/// decision and nothing injected; when the flow table expires the
+/// undecided flow (`idle_timeout_s = 2`), `packets.undecided_expired`
+/// counts it exactly once (curl, tandem's origin).
+#[test]
+fn response_head_past_the_queued_packets_is_counted_undecided() {
+    let _serial = serial();
+    let size = 8 * MIB;
+    let first_packets = 4;
+    let w = World::new(
+        TopologySpec::pair(common::delay_command()),
+        tandem_origin(),
+        &[("video.mp4", size, 66)],
+        &DaemonOptions {
+            first_packets: Some(first_packets),
+            idle_timeout_s: Some(2),
+            ..DaemonOptions::default()
+        },
+    );
+    let b0 = before(&w);
+    assert_eq!(
+        b0.status.packet("undecided_expired"),
+        0,
+        "{}",
+        b0.status.raw
+    );
+    let got = w.out("video.mp4");
+    let d = download(
+        &w.topo,
+        0,
+        Tool::Curl,
+        &w.url("video.mp4"),
+        &got,
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert_same_bytes(&w.file("video.mp4"), &got).unwrap();
+    let kernel_queued = nfqueue_total(&w.topo, &w.topo.router_ns(0), DAEMON_QUEUE) - b0.kernel;
+    let waited = Instant::now();
+    tandem_lab::netns::wait_until(
+        "the daemon to expire the undecided flow",
+        Duration::from_secs(60),
+        || w.status(0).packet("undecided_expired") > 0,
+    )
+    .unwrap();
+    let s = w.status(0);
+    let daemon_queued = s.packet("queued") - b0.status.packet("queued");
+    println!(
+        "curl video.mp4: identical in {:.2} s ({:.1} Mbit/s); queued: daemon {daemon_queued}, \
+         kernel {kernel_queued} packets; undecided flow expired {:.1} s after the download; \
+         decisions {:?}; packets {:?}",
+        d.elapsed.as_secs_f64(),
+        d.mbit_per_s(),
+        waited.elapsed().as_secs_f64(),
+        s.decisions,
+        s.packets
+    );
+    assert_eq!(s.packet("undecided_expired"), 1, "{}", s.raw);
+    assert_eq!(
+        s.decisions.values().sum::<u64>(),
+        0,
+        "the daemon decided on a head it should never have seen: {}",
+        s.raw
+    );
+    assert_eq!(s.packet("injected"), 0, "{}", s.raw);
+    // Only the first packets went through the daemon (both views agree).
+    for (who, n) in [("daemon", daemon_queued), ("kernel", kernel_queued)] {
+        assert!(
+            (3..=u64::from(first_packets)).contains(&n),
+            "the {who} saw {n} packets of a connection queued for its first {first_packets}"
+        );
+    }
+}
+
+/// Drops the first segment from the origin that carries `HTTP/1.1 200 OK`
+/// (a response head) in the internet namespace, before the delay line, as
+/// a full queue in a start burst does; its retransmission passes. Returns
+/// how many segments the rule dropped.
+fn drop_first_response_head(w: &World) -> impl Fn() -> u64 + '_ {
+    let inet = w.topo.internet_ns();
+    let rule = [
+        "-p",
+        "tcp",
+        "--sport",
+        "80",
+        "-m",
+        "string",
+        "--algo",
+        "bm",
+        "--string",
+        "HTTP/1.1 200 OK",
+        "-m",
+        "statistic",
+        "--mode",
+        "nth",
+        "--every",
+        "1000000",
+        "--packet",
+        "0",
+        "-j",
+        "DROP",
+    ];
+    let mut argv = vec!["iptables", "-w", "-t", "mangle", "-I", "FORWARD", "1"];
+    argv.extend(rule);
+    w.topo.exec(&inet, &argv).unwrap();
+    move || {
+        let out = w
+            .topo
+            .exec(
+                &inet,
+                &[
+                    "iptables", "-w", "-t", "mangle", "-L", "FORWARD", "-v", "-n", "-x",
+                ],
+            )
+            .unwrap();
+        out.lines()
+            .filter(|l| l.contains("DROP") && l.contains("STRING"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// The flake of session 4, made deterministic: the first copy of the
+/// response head is lost before router A (`drop_first_response_head`).
+/// The origin's initial window goes on: A sees the rest of it and the
+/// client's duplicate ACKs, so the retransmitted head comes after the
+/// connection's first 12 packets (the old default `first_packets`) and the
+/// daemon never sees it. The download (8 MiB, eligible) passes intact and
+/// unaccelerated with no decision, and `packets.undecided_expired` counts
+/// it once. Then the same loss with the default `first_packets` (40) and
+/// an ineligible file: the retransmitted head is seen and decided, nothing
+/// is counted, and the packets the daemon was handed say where the head
+/// came (packet 26 to 30 in 13 runs; curl, tandem's origin).
+#[test]
+fn response_head_lost_in_the_start_burst_is_counted_undecided() {
+    let _serial = serial();
+    let size = 8 * MIB;
+    let files = [("video.mp4", size, 67), ("notes.txt", size, 68)];
+    for (first_packets, name) in [(Some(12), "video.mp4"), (None, "notes.txt")] {
+        let old_default = first_packets == Some(12);
+        let w = World::new(
+            TopologySpec::pair(common::delay_command()),
+            tandem_origin(),
+            &files,
+            &DaemonOptions {
+                first_packets,
+                idle_timeout_s: Some(2),
+                ..DaemonOptions::default()
+            },
+        );
+        let dropped = drop_first_response_head(&w);
+        let b0 = before(&w);
+        let got = w.out(name);
+        let d = download(
+            &w.topo,
+            0,
+            Tool::Curl,
+            &w.url(name),
+            &got,
+            Duration::from_secs(300),
+        )
+        .unwrap();
+        assert_same_bytes(&w.file(name), &got).unwrap();
+        assert_eq!(dropped(), 1, "the first response head was not dropped once");
+        let kernel_queued = nfqueue_total(&w.topo, &w.topo.router_ns(0), DAEMON_QUEUE) - b0.kernel;
+        let s = if old_default {
+            tandem_lab::netns::wait_until(
+                "the daemon to expire the undecided flow",
+                Duration::from_secs(60),
+                || w.status(0).packet("undecided_expired") > 0,
+            )
+            .unwrap();
+            w.status(0)
+        } else {
+            // Decided: the flow left the table at the decision. Give the
+            // sweep time to run anyway (it would count an undecided flow
+            // within 1.5 × idle_timeout_s).
+            std::thread::sleep(Duration::from_secs(4));
+            w.status(0)
+        };
+        let daemon_queued = s.packet("queued") - b0.status.packet("queued");
+        println!(
+            "first_packets {first_packets:?} (None: default), {name}: identical in {:.2} s; head dropped once; \
+             queued: daemon {daemon_queued}, kernel {kernel_queued} packets; decisions {:?}; \
+             undecided_expired {}",
+            d.elapsed.as_secs_f64(),
+            s.decisions,
+            s.packet("undecided_expired")
+        );
+        assert_eq!(s.decision("accelerated"), 0, "{}", s.raw);
+        assert_eq!(s.packet("injected"), 0, "{}", s.raw);
+        if old_default {
+            assert_eq!(s.packet("undecided_expired"), 1, "{}", s.raw);
+            assert_eq!(s.decisions.values().sum::<u64>(), 0, "{}", s.raw);
+            assert!(
+                daemon_queued <= 12,
+                "the daemon was handed {daemon_queued} packets"
+            );
+        } else {
+            assert_eq!(s.packet("undecided_expired"), 0, "{}", s.raw);
+            assert_eq!(s.decision("content_type"), 1, "{}", s.raw);
+            // The retransmitted head came after the old window of 12.
+            assert!(
+                daemon_queued > 12,
+                "the retransmitted head was within the first 12 packets ({daemon_queued} queued)"
+            );
+        }
+    }
 }
 
 /// The tests' reader of `tandem status --json` (no JSON crate in this

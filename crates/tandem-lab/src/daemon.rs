@@ -60,8 +60,10 @@ pub struct DaemonSpec {
     pub neighbour_share: Option<f64>,
     /// NFQUEUE number.
     pub queue: u16,
-    /// `[queue] first_packets` (None: the daemon's default, 12).
+    /// `[queue] first_packets` (None: the daemon's default, 40).
     pub first_packets: Option<u32>,
+    /// `[splice] idle_timeout_s` (None: the daemon's default, 120).
+    pub idle_timeout_s: Option<u64>,
     /// Smallest body accelerated, bytes.
     pub min_size: u64,
     /// Status socket path.
@@ -86,7 +88,7 @@ pub fn daemon_config(d: &DaemonSpec) -> String {
          \n[queue]\nnumber = {queue}\n{first_packets}\
          \n[interfaces]\nlan = [{lan}]\nwan = [{wan}]\n\
          \n[uplink]\nrate_mbit = {rate:.1}\n{share}\
-         \n[eligibility]\nmin_size = {min_size}\n\
+         \n[eligibility]\nmin_size = {min_size}\n{splice}\
          \n[status]\nsocket = {sock:?}\n",
         name = d.name,
         key = d.private_key_file.display().to_string(),
@@ -105,6 +107,10 @@ pub fn daemon_config(d: &DaemonSpec) -> String {
             .map(|v| format!("neighbour_share = {v:.2}\n"))
             .unwrap_or_default(),
         min_size = d.min_size,
+        splice = d
+            .idle_timeout_s
+            .map(|s| format!("\n[splice]\nidle_timeout_s = {s}\n"))
+            .unwrap_or_default(),
         sock = d.status_socket.display().to_string(),
     );
     for p in &d.peers {
@@ -179,6 +185,7 @@ pub fn lab_spec(
         neighbour_share: opts.neighbour_share,
         queue: DAEMON_QUEUE,
         first_packets: opts.first_packets,
+        idle_timeout_s: opts.idle_timeout_s,
         min_size: opts.min_size,
         status_socket: dir.join(format!("status-{me}.sock")),
         peers,
@@ -235,8 +242,11 @@ pub struct DaemonOptions {
     pub settle: Duration,
     /// `[uplink] neighbour_share` for every daemon (None: the default).
     pub neighbour_share: Option<f64>,
-    /// `[queue] first_packets` for every daemon (None: the default, 12).
+    /// `[queue] first_packets` for every daemon (None: the default, 40).
     pub first_packets: Option<u32>,
+    /// `[splice] idle_timeout_s` for every daemon (None: the default, 120
+    /// s): how long an undecided or idle flow stays in the flow table.
+    pub idle_timeout_s: Option<u64>,
 }
 
 impl Default for DaemonOptions {
@@ -247,6 +257,7 @@ impl Default for DaemonOptions {
             settle: Duration::from_millis(1500),
             neighbour_share: None,
             first_packets: None,
+            idle_timeout_s: None,
         }
     }
 }
@@ -352,6 +363,7 @@ mod tests {
             neighbour_share: Some(1.0),
             queue: 7,
             first_packets: Some(64),
+            idle_timeout_s: Some(3),
             min_size: 1 << 20,
             status_socket: "/tmp/run/status-b.sock".into(),
             peers: vec![PeerSpec {
@@ -368,7 +380,7 @@ mod tests {
             "[queue]\nnumber = 7\nfirst_packets = 64\n",
             "[interfaces]\nlan = [\"lan0\"]\nwan = [\"wan0\"]",
             "[uplink]\nrate_mbit = 20.0\nneighbour_share = 1.00\n",
-            "[eligibility]\nmin_size = 1048576",
+            "[eligibility]\nmin_size = 1048576\n\n[splice]\nidle_timeout_s = 3\n",
             "[status]\nsocket = \"/tmp/run/status-b.sock\"",
             "[[peer]]\nname = \"a\"\naddress = \"192.0.2.129:7788\"\npublic_key = \"AAAA",
             "link_mbit = 54.0\nrate_mbit = 20.0",

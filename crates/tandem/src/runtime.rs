@@ -17,7 +17,7 @@
 //! decisions turned into firewall labels (verdict REPEAT + mark, see
 //! `rules.rs`).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -99,6 +99,9 @@ struct Shared {
     /// Decisions and events for the tokio side.
     notices: mpsc::UnboundedSender<Notice>,
     counters: Mutex<Counters>,
+    /// Flows whose response head never came (see [`HeadWatch`]); taken
+    /// under the engine's lock, never the other way round.
+    heads: Mutex<HeadWatch>,
     downloads: Mutex<HashMap<FlowId, DownloadStatus>>,
     /// The client's progress (body offset it acknowledged) per accelerated
     /// flow, fed by the engine's `Event::Progress` and read by the flow's
@@ -121,6 +124,64 @@ struct EngineState {
 struct Counters {
     decisions: BTreeMap<String, u64>,
     packets: BTreeMap<String, u64>,
+}
+
+/// What called the engine before a drain of its events: tells a flow the
+/// engine forgot because it saw no packet of it for `idle_timeout` (the
+/// sweep) from one a packet ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// A queued packet, the table not full: the engine forgets flows only
+    /// for what the packet says (a reset, not HTTP, a 1xx response...).
+    Packet,
+    /// The timer (its sweep expires idle flows), a piece, a failure, or a
+    /// queued packet that found the flow table full (a new SYN then sweeps
+    /// idle flows first).
+    MaySweep,
+}
+
+/// Counts the connections the daemon stopped seeing before it could decide.
+///
+/// The engine reports every flow's response head (`Event::ResponseHead`,
+/// which the daemon decides at once) and every flow it forgets after the
+/// handshake (`Event::FlowClosed`). A flow forgotten by the sweep (no
+/// packet for `splice.idle_timeout_s`) without a response head is one the
+/// daemon never decided: with the firewall rules, its response head came
+/// after the first `queue.first_packets` packets of the connection (the
+/// kernel had stopped queueing it; it is not accelerated), or the
+/// connection ended with FINs or stayed idle, within those packets,
+/// without a response (e.g. a browser's unused preconnection: the engine
+/// keeps an undecided flow until it expires).
+#[derive(Debug, Default)]
+struct HeadWatch {
+    /// Flows whose response head the engine reported and that it has not
+    /// forgotten yet (at most the engine's `max_flows`).
+    heads: HashSet<FlowId>,
+    /// Flows the sweep forgot without a response head (`undecided_expired`
+    /// in the status).
+    undecided_expired: u64,
+}
+
+impl HeadWatch {
+    /// Follows one engine event, drained after `input`. Returns whether it
+    /// counted the event's flow as expired undecided.
+    fn observe(&mut self, ev: &Event, input: Input) -> bool {
+        match ev {
+            Event::ResponseHead { flow, .. } => {
+                self.heads.insert(*flow);
+                false
+            }
+            Event::FlowClosed { flow } => {
+                let decided = self.heads.remove(flow);
+                let expired = !decided && input == Input::MaySweep;
+                if expired {
+                    self.undecided_expired += 1;
+                }
+                expired
+            }
+            _ => false,
+        }
+    }
 }
 
 /// What the queue thread (or an engine drain anywhere) tells the tokio side.
@@ -176,10 +237,19 @@ impl Shared {
         &self,
         engine: &mut Engine,
         now: Instant,
+        input: Input,
         batch: Option<&mut InjectBatch>,
     ) -> Option<u32> {
         let mut label = None;
         while let Some(ev) = engine.poll_event() {
+            if matches!(ev, Event::ResponseHead { .. } | Event::FlowClosed { .. })
+                && lock(&self.heads).observe(&ev, input)
+            {
+                debug!(
+                    ?ev,
+                    "flow expired before its response head was seen (undecided)"
+                );
+            }
             match ev {
                 Event::ResponseHead {
                     flow,
@@ -373,7 +443,7 @@ impl Shared {
             let mut st = lock(&self.engine);
             let st = &mut *st;
             let r = f(&mut st.engine, now);
-            let label = self.drain(&mut st.engine, now, Some(&mut st.batch));
+            let label = self.drain(&mut st.engine, now, Input::MaySweep, Some(&mut st.batch));
             (r, label, self.deadline_moved_earlier(&st.engine))
         };
         if wake {
@@ -437,8 +507,15 @@ impl Shared {
                 } else {
                     Direction::FromOrigin
                 };
+                // Only a new SYN that finds the table full makes the engine
+                // sweep while it handles a packet.
+                let input = if st.engine.flow_count() >= self.cfg.splice.max_flows {
+                    Input::MaySweep
+                } else {
+                    Input::Packet
+                };
                 let verdict = st.engine.handle_packet(now, dir, &mut p.data);
-                let label = self.drain(&mut st.engine, now, None);
+                let label = self.drain(&mut st.engine, now, input, None);
                 p.verdict = queue_verdict(&self.marks, verdict, label, p.meta, p.data.len());
             }
             self.flush(&mut st.engine, now, &mut st.batch);
@@ -548,6 +625,7 @@ async fn run_async(cfg: Config, keys: KeyPair) -> anyhow::Result<()> {
         timer_deadline: Mutex::new(NO_DEADLINE),
         notices: notices_tx,
         counters: Mutex::new(Counters::default()),
+        heads: Mutex::new(HeadWatch::default()),
         downloads: Mutex::new(HashMap::new()),
         progress: Mutex::new(HashMap::new()),
         peers: Mutex::new(HashMap::new()),
@@ -1051,9 +1129,14 @@ fn own_addresses() -> Vec<IpAddr> {
 
 fn snapshot(shared: &Shared) -> Snapshot {
     let learnt = lock(&shared.peers).clone();
+    // The engine's lock first and alone: the queue thread takes the
+    // counters' lock while it holds the engine's (a decision counts), so
+    // holding the counters' here while waiting for the engine could
+    // deadlock both.
+    let stats = lock(&shared.engine).engine.stats();
+    let undecided_expired = lock(&shared.heads).undecided_expired;
     let counters = lock(&shared.counters);
     let mut packets = counters.packets.clone();
-    let stats = lock(&shared.engine).engine.stats();
     for (k, v) in [
         ("queued", stats.packets),
         ("unparsed", stats.unparsed),
@@ -1064,6 +1147,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
         ("retransmitted", stats.retransmitted),
         ("rto_timeouts", stats.timeouts),
         ("rto_spurious", stats.spurious_timeouts),
+        ("undecided_expired", undecided_expired),
     ] {
         packets.insert(k.to_string(), v);
     }
@@ -1137,6 +1221,225 @@ mod tests {
             queue_verdict(&marks, V::Drop, Some(marks.pass), meta, 60),
             QueueVerdict::Drop
         );
+    }
+
+    /// The engine between one client and one origin, fed hand-built IPv4
+    /// packets, its events followed by a [`HeadWatch`] as `Shared::drain`
+    /// does (a response head is passed through at once, as `decide` does
+    /// for ineligible traffic, unless `accelerate_cut` is set).
+    struct HeadsHarness {
+        engine: Engine,
+        watch: HeadWatch,
+        now: Instant,
+        client_seq: u32,
+        origin_seq: u32,
+        accelerate_cut: Option<u64>,
+        decided: Vec<FlowId>,
+        /// Events `observe` said it counted.
+        reported: Vec<Event>,
+    }
+
+    const CLIENT: ([u8; 4], u16) = ([192, 0, 2, 2], 40000);
+    const ORIGIN: ([u8; 4], u16) = ([203, 0, 113, 10], 80);
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const PSH: u8 = 0x08;
+    const ACK: u8 = 0x10;
+
+    /// An IPv4 packet with a 20-byte TCP header (the engine checks lengths,
+    /// not checksums).
+    fn ipv4_tcp(
+        src: ([u8; 4], u16),
+        dst: ([u8; 4], u16),
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let len = 40 + payload.len();
+        let mut p = Vec::with_capacity(len);
+        p.extend_from_slice(&[0x45, 0]);
+        p.extend_from_slice(&(len as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+        p.extend_from_slice(&src.0);
+        p.extend_from_slice(&dst.0);
+        p.extend_from_slice(&src.1.to_be_bytes());
+        p.extend_from_slice(&dst.1.to_be_bytes());
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ack.to_be_bytes());
+        p.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    impl HeadsHarness {
+        fn new() -> Self {
+            HeadsHarness {
+                engine: Engine::new(EngineConfig {
+                    idle_timeout: Duration::from_secs(2),
+                    linger: Duration::from_secs(1),
+                    ..EngineConfig::default()
+                }),
+                watch: HeadWatch::default(),
+                now: Instant::now(),
+                client_seq: 1000,
+                origin_seq: 5000,
+                accelerate_cut: None,
+                decided: Vec::new(),
+                reported: Vec::new(),
+            }
+        }
+
+        fn drain(&mut self, input: Input) {
+            while let Some(ev) = self.engine.poll_event() {
+                if self.watch.observe(&ev, input) {
+                    self.reported.push(ev.clone());
+                }
+                if let Event::ResponseHead { flow, .. } = ev {
+                    self.decided.push(flow);
+                    match self.accelerate_cut {
+                        Some(cut) => {
+                            self.engine.accelerate(self.now, flow, cut).unwrap();
+                        }
+                        None => self.engine.pass_through(flow),
+                    }
+                }
+            }
+            let mut buf = Vec::new();
+            while self.engine.poll_transmit(self.now, &mut buf).is_some() {}
+        }
+
+        fn client_sends(&mut self, flags: u8, payload: &[u8]) {
+            let mut p = ipv4_tcp(
+                CLIENT,
+                ORIGIN,
+                self.client_seq,
+                self.origin_seq,
+                flags,
+                payload,
+            );
+            self.client_seq = self
+                .client_seq
+                .wrapping_add(payload.len() as u32 + u32::from(flags & SYN != 0));
+            let _ = self
+                .engine
+                .handle_packet(self.now, Direction::FromClient, &mut p);
+            self.drain(Input::Packet);
+        }
+
+        fn origin_sends(&mut self, flags: u8, payload: &[u8]) {
+            let mut p = ipv4_tcp(
+                ORIGIN,
+                CLIENT,
+                self.origin_seq,
+                self.client_seq,
+                flags,
+                payload,
+            );
+            self.origin_seq = self
+                .origin_seq
+                .wrapping_add(payload.len() as u32 + u32::from(flags & SYN != 0));
+            let _ = self
+                .engine
+                .handle_packet(self.now, Direction::FromOrigin, &mut p);
+            self.drain(Input::Packet);
+        }
+
+        /// Handshake and request head, as the first queued packets show them.
+        fn request(&mut self) {
+            self.client_sends(SYN, &[]);
+            self.origin_sends(SYN | ACK, &[]);
+            self.client_sends(ACK, &[]);
+            self.client_sends(PSH | ACK, b"GET /f.bin HTTP/1.1\r\nHost: o\r\n\r\n");
+        }
+
+        /// No more packets (the kernel stopped queueing the connection): the
+        /// timer runs until the engine has nothing left to wait for.
+        fn silence(&mut self, secs: u64) {
+            let until = self.now + Duration::from_secs(secs);
+            while let Some(t) = self.engine.poll_timeout() {
+                if t > until {
+                    break;
+                }
+                self.now = self.now.max(t);
+                self.engine.handle_timeout(self.now);
+                self.drain(Input::MaySweep);
+            }
+            self.now = until;
+        }
+    }
+
+    #[test]
+    fn a_flow_expired_without_a_response_head_is_counted() {
+        let mut h = HeadsHarness::new();
+        h.request();
+        assert_eq!(h.engine.flow_count(), 1);
+        // The response head would come now, past the queued packets: the
+        // daemon never sees it.
+        h.silence(10);
+        assert_eq!(h.engine.flow_count(), 0, "the sweep forgot the flow");
+        assert!(h.decided.is_empty());
+        assert_eq!(h.watch.undecided_expired, 1);
+        assert!(h.watch.heads.is_empty());
+        assert!(
+            matches!(h.reported[..], [Event::FlowClosed { .. }]),
+            "observe() reports the flow it counted: {:?}",
+            h.reported
+        );
+
+        // A second one on a new connection counts again.
+        h.client_seq = 9000;
+        h.request();
+        h.silence(10);
+        assert_eq!(h.watch.undecided_expired, 2);
+    }
+
+    #[test]
+    fn a_decided_flow_is_never_counted() {
+        let mut h = HeadsHarness::new();
+        h.request();
+        h.origin_sends(
+            PSH | ACK,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+        );
+        assert_eq!(h.decided.len(), 1, "the response head was reported");
+        assert_eq!(h.engine.flow_count(), 0, "passed through: forgotten");
+        h.silence(10);
+        assert_eq!(h.watch.undecided_expired, 0);
+        assert!(h.watch.heads.is_empty(), "no flow left behind");
+        assert!(h.reported.is_empty());
+    }
+
+    #[test]
+    fn an_accelerated_flow_forgotten_by_the_timer_is_not_counted() {
+        let mut h = HeadsHarness::new();
+        h.accelerate_cut = Some(1000);
+        h.request();
+        h.origin_sends(
+            PSH | ACK,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: video/mp4\r\n\r\n",
+        );
+        assert_eq!(h.decided.len(), 1);
+        assert_eq!(h.watch.heads.len(), 1, "accelerated: still tracked");
+        // The flow fails (no pieces) and is forgotten by the timer after
+        // its linger: a FlowClosed drained after the timer, with a head.
+        h.engine.fail(h.now, h.decided[0]);
+        h.drain(Input::MaySweep);
+        h.silence(30);
+        assert_eq!(h.engine.flow_count(), 0);
+        assert_eq!(h.watch.undecided_expired, 0);
+        assert!(h.watch.heads.is_empty());
+    }
+
+    #[test]
+    fn a_reset_before_the_response_head_is_not_counted() {
+        // The daemon saw the connection end: it did not stop seeing it.
+        let mut h = HeadsHarness::new();
+        h.request();
+        h.client_sends(RST | ACK, &[]);
+        assert_eq!(h.engine.flow_count(), 0);
+        h.silence(10);
+        assert_eq!(h.watch.undecided_expired, 0);
     }
 
     #[test]

@@ -26,7 +26,23 @@ pub struct Snapshot {
     pub downloads: Vec<DownloadStatus>,
     /// Decisions on response heads: `accelerated` and each pass-through reason.
     pub decisions: BTreeMap<String, u64>,
-    /// Packet counters (queued, accepted, modified, dropped, injected, ...).
+    /// Packet and flow counters since the daemon started. Always present:
+    /// `queued` (packets the daemon examined), `unparsed`, `table_full`
+    /// (connections not tracked: `splice.max_flows` reached), `dropped`,
+    /// `modified`, `injected`, `retransmitted` (injected data segments
+    /// sent again), `rto_timeouts`, `rto_spurious`, and
+    /// `undecided_expired`: HTTP-port connections whose handshake the
+    /// daemon saw but whose response head it never saw, forgotten after
+    /// `splice.idle_timeout_s` without a packet. With the firewall rules
+    /// that is mostly a response head that came after the first
+    /// `queue.first_packets` packets of the connection (lost and
+    /// retransmitted in a burst, or a slow origin): the kernel had stopped
+    /// queueing the connection and it was not accelerated. A connection
+    /// that closes or stays idle within those packets without a response
+    /// (an unused preconnection) counts too. Counted when the flow expires,
+    /// so up to 1.5 × `idle_timeout_s` after the connection left the
+    /// queue. Present once they happened: `downloads_finished`,
+    /// `downloads_failed`, `inject_errors`.
     pub packets: BTreeMap<String, u64>,
 }
 
