@@ -17,8 +17,8 @@ rules() {
   $T -t mangle -A TANDEM -m connmark --mark 0x00200000/0x00200000 -j RETURN
   $T -t mangle -A TANDEM -m connmark --mark 0x00400000/0x00400000 -j NFQUEUE --queue-num 7 --queue-bypass
   $T -t mangle -A TANDEM -i br-lan -p tcp -m multiport --dports 80 -m conntrack --ctstate INVALID -j NFQUEUE --queue-num 8 --queue-bypass
-  $T -t mangle -A TANDEM -i br-lan -p tcp -m multiport --dports 80 -m connbytes --connbytes 0:12 --connbytes-dir both --connbytes-mode packets -j NFQUEUE --queue-num 7 --queue-bypass
-  $T -t mangle -A TANDEM -o br-lan -p tcp -m multiport --sports 80 -m connbytes --connbytes 0:12 --connbytes-dir both --connbytes-mode packets -j NFQUEUE --queue-num 7 --queue-bypass
+  $T -t mangle -A TANDEM -i br-lan -p tcp -m multiport --dports 80 -m connbytes --connbytes 0:40 --connbytes-dir both --connbytes-mode packets -j NFQUEUE --queue-num 7 --queue-bypass
+  $T -t mangle -A TANDEM -o br-lan -p tcp -m multiport --sports 80 -m connbytes --connbytes 0:40 --connbytes-dir both --connbytes-mode packets -j NFQUEUE --queue-num 7 --queue-bypass
   $T -t filter -A TANDEM_GUARD -o wan -p tcp -m multiport --dports 80 -m conntrack --ctstate INVALID -j REJECT --reject-with tcp-reset
   $T -t raw -A TANDEM_RAW -m mark --mark 0x00100000/0x00500000 -j CT --notrack
 }

@@ -193,7 +193,11 @@ pub fn lab_root() -> PathBuf {
 }
 
 fn is_writable_dir(d: &Path) -> bool {
-    nix::unistd::access(d, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK).is_ok()
+    nix::unistd::access(
+        d,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .is_ok()
 }
 
 /// Removes namespaces named `tdl<pid>-…` whose owning process is gone (left

@@ -22,7 +22,10 @@
 //!    connmark; without this rule they would leave the WAN un-NATed, with the
 //!    client's LAN address.
 //! 5. The first `queue.first_packets` packets of every HTTP-port connection,
-//!    both directions: the handshake, request head and response head.
+//!    both directions: the handshake, request head and response head
+//!    (iptables `connbytes 0:N`, nft `ct packets <= N`: conntrack has
+//!    counted a packet before mangle FORWARD sees it, so both queue packets
+//!    1..=N; nft's `< N` was one packet short).
 //!
 //! Every queue rule has `--queue-bypass` (and the daemon sets the queue's
 //! fail-open flag), so a stopped daemon never blocks traffic. A guard in the
@@ -209,8 +212,8 @@ table inet tandem {{
 		ct mark & {pass} == {pass} return
 		ct mark & {own} == {own} queue num {q} bypass
 		iifname {{ {lan} }} tcp dport {{ {ports} }} ct state invalid queue num {qi} bypass
-		iifname {{ {lan} }} tcp dport {{ {ports} }} ct packets < {n} queue num {q} bypass
-		oifname {{ {lan} }} tcp sport {{ {ports} }} ct packets < {n} queue num {q} bypass
+		iifname {{ {lan} }} tcp dport {{ {ports} }} ct packets <= {n} queue num {q} bypass
+		oifname {{ {lan} }} tcp sport {{ {ports} }} ct packets <= {n} queue num {q} bypass
 	}}
 	chain forward_guard {{
 		type filter hook forward priority filter - 1; policy accept;
@@ -250,7 +253,11 @@ mod tests {
             assert!(line.contains("--queue-bypass"), "{line}");
         }
         assert!(s.contains("--ctstate INVALID -j NFQUEUE"));
-        assert!(s.contains("--connbytes 0:12"));
+        let n = cfg().queue.first_packets;
+        assert!(s.contains(&format!("--connbytes 0:{n} ")));
+        // The same packets in nft: conntrack counts a packet before mangle
+        // FORWARD sees it, and connbytes' range is inclusive.
+        assert!(nft(&cfg()).contains(&format!("ct packets <= {n} queue")));
         assert!(s.contains("CT --notrack"));
         assert!(s.contains("-j REJECT --reject-with tcp-reset"));
     }
