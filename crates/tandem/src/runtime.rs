@@ -1179,6 +1179,7 @@ fn snapshot(shared: &Shared) -> Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tandem_wire::{SeqNumber, TcpFlags, TcpSegment, TcpSegmentOptions};
 
     #[test]
     fn queue_verdicts_keep_each_packets_own_engine_verdict() {
@@ -1239,38 +1240,12 @@ mod tests {
         reported: Vec<Event>,
     }
 
-    const CLIENT: ([u8; 4], u16) = ([192, 0, 2, 2], 40000);
-    const ORIGIN: ([u8; 4], u16) = ([203, 0, 113, 10], 80);
-    const SYN: u8 = 0x02;
-    const RST: u8 = 0x04;
-    const PSH: u8 = 0x08;
-    const ACK: u8 = 0x10;
-
-    /// An IPv4 packet with a 20-byte TCP header (the engine checks lengths,
-    /// not checksums).
-    fn ipv4_tcp(
-        src: ([u8; 4], u16),
-        dst: ([u8; 4], u16),
-        seq: u32,
-        ack: u32,
-        flags: u8,
-        payload: &[u8],
-    ) -> Vec<u8> {
-        let len = 40 + payload.len();
-        let mut p = Vec::with_capacity(len);
-        p.extend_from_slice(&[0x45, 0]);
-        p.extend_from_slice(&(len as u16).to_be_bytes());
-        p.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
-        p.extend_from_slice(&src.0);
-        p.extend_from_slice(&dst.0);
-        p.extend_from_slice(&src.1.to_be_bytes());
-        p.extend_from_slice(&dst.1.to_be_bytes());
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.extend_from_slice(&ack.to_be_bytes());
-        p.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
-        p.extend_from_slice(payload);
-        p
-    }
+    const CLIENT: &str = "192.0.2.2:40000";
+    const ORIGIN: &str = "203.0.113.10:80";
+    const SYN: TcpFlags = TcpFlags::SYN;
+    const RST: TcpFlags = TcpFlags::RST;
+    const PSH: TcpFlags = TcpFlags::PSH;
+    const ACK: TcpFlags = TcpFlags::ACK;
 
     impl HeadsHarness {
         fn new() -> Self {
@@ -1309,48 +1284,51 @@ mod tests {
             while self.engine.poll_transmit(self.now, &mut buf).is_some() {}
         }
 
-        fn client_sends(&mut self, flags: u8, payload: &[u8]) {
-            let mut p = ipv4_tcp(
-                CLIENT,
-                ORIGIN,
-                self.client_seq,
-                self.origin_seq,
+        /// One segment from the client or the origin, as the queue hands
+        /// it to the engine.
+        fn sends(&mut self, dir: Direction, flags: TcpFlags, payload: &[u8]) {
+            let (src, dst, seq, ack) = match dir {
+                Direction::FromClient => (CLIENT, ORIGIN, self.client_seq, self.origin_seq),
+                Direction::FromOrigin => (ORIGIN, CLIENT, self.origin_seq, self.client_seq),
+            };
+            let mut p = Vec::new();
+            TcpSegment {
+                src: src.parse().unwrap(),
+                dst: dst.parse().unwrap(),
+                seq: SeqNumber(seq),
+                ack: SeqNumber(ack),
                 flags,
+                window: 0xffff,
+                options: TcpSegmentOptions::default(),
                 payload,
-            );
-            self.client_seq = self
-                .client_seq
-                .wrapping_add(payload.len() as u32 + u32::from(flags & SYN != 0));
-            let _ = self
-                .engine
-                .handle_packet(self.now, Direction::FromClient, &mut p);
+                ttl: 64,
+                tos: 0,
+                ident: 0,
+            }
+            .emit(&mut p);
+            let next = seq.wrapping_add(payload.len() as u32 + u32::from(flags.contains(SYN)));
+            match dir {
+                Direction::FromClient => self.client_seq = next,
+                Direction::FromOrigin => self.origin_seq = next,
+            }
+            let _ = self.engine.handle_packet(self.now, dir, &mut p);
             self.drain(Input::Packet);
         }
 
-        fn origin_sends(&mut self, flags: u8, payload: &[u8]) {
-            let mut p = ipv4_tcp(
-                ORIGIN,
-                CLIENT,
-                self.origin_seq,
-                self.client_seq,
-                flags,
-                payload,
-            );
-            self.origin_seq = self
-                .origin_seq
-                .wrapping_add(payload.len() as u32 + u32::from(flags & SYN != 0));
-            let _ = self
-                .engine
-                .handle_packet(self.now, Direction::FromOrigin, &mut p);
-            self.drain(Input::Packet);
+        fn client_sends(&mut self, flags: TcpFlags, payload: &[u8]) {
+            self.sends(Direction::FromClient, flags, payload);
+        }
+
+        fn origin_sends(&mut self, flags: TcpFlags, payload: &[u8]) {
+            self.sends(Direction::FromOrigin, flags, payload);
         }
 
         /// Handshake and request head, as the first queued packets show them.
         fn request(&mut self) {
             self.client_sends(SYN, &[]);
-            self.origin_sends(SYN | ACK, &[]);
+            self.origin_sends(SYN.with(ACK), &[]);
             self.client_sends(ACK, &[]);
-            self.client_sends(PSH | ACK, b"GET /f.bin HTTP/1.1\r\nHost: o\r\n\r\n");
+            self.client_sends(PSH.with(ACK), b"GET /f.bin HTTP/1.1\r\nHost: o\r\n\r\n");
         }
 
         /// No more packets (the kernel stopped queueing the connection): the
@@ -1399,7 +1377,7 @@ mod tests {
         let mut h = HeadsHarness::new();
         h.request();
         h.origin_sends(
-            PSH | ACK,
+            PSH.with(ACK),
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
         );
         assert_eq!(h.decided.len(), 1, "the response head was reported");
@@ -1416,7 +1394,7 @@ mod tests {
         h.accelerate_cut = Some(1000);
         h.request();
         h.origin_sends(
-            PSH | ACK,
+            PSH.with(ACK),
             b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: video/mp4\r\n\r\n",
         );
         assert_eq!(h.decided.len(), 1);
@@ -1436,7 +1414,7 @@ mod tests {
         // The daemon saw the connection end: it did not stop seeing it.
         let mut h = HeadsHarness::new();
         h.request();
-        h.client_sends(RST | ACK, &[]);
+        h.client_sends(RST.with(ACK), &[]);
         assert_eq!(h.engine.flow_count(), 0);
         h.silence(10);
         assert_eq!(h.watch.undecided_expired, 0);
