@@ -155,8 +155,7 @@ impl Sub {
         };
         let ok = self.cmds.as_ref().is_some_and(|c| c.send(req).is_ok());
         if ok {
-            self.load
-                .add(job.piece, job.range.end.saturating_sub(job.range.start));
+            self.load.add(job.piece, job.len());
             tracing::debug!(%session, piece = job.piece, to = %self.name, "relayed piece");
         }
         ok
@@ -311,7 +310,7 @@ impl Relay {
     /// our own fetcher, then committed sub-delegates, then negotiating
     /// ones).
     async fn dispatch(&mut self, job: PieceJob) -> Result<(), ()> {
-        let len = job.range.end.saturating_sub(job.range.start);
+        let len = job.len();
         let local = self
             .local_jobs
             .as_ref()
@@ -322,11 +321,7 @@ impl Relay {
                 SubState::Pending => 2,
                 SubState::Dead => return None,
             };
-            let waiting: u64 = s
-                .waiting
-                .iter()
-                .map(|j| j.range.end.saturating_sub(j.range.start))
-                .sum();
+            let waiting: u64 = s.waiting.iter().map(PieceJob::len).sum();
             Some((Holder::Sub(i), rank, s.load.finish_in(len, waiting)))
         });
         let best = earliest_finish(local.into_iter().chain(subs));

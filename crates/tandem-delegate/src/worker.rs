@@ -38,6 +38,13 @@ pub(crate) struct PieceJob {
     pub(crate) range: Range<u64>,
 }
 
+impl PieceJob {
+    /// Bytes of the piece.
+    pub(crate) fn len(&self) -> u64 {
+        self.range.end.saturating_sub(self.range.start)
+    }
+}
+
 /// Pieces the requester cancelled; checked before a piece starts and after
 /// every chunk.
 #[derive(Debug, Default, Clone)]
@@ -259,8 +266,7 @@ impl Worker {
         } = self;
         let (session, slot) = (*session, *slot);
         let mut body = fetcher.fetch(job.range.clone()).await?;
-        let len = job.range.end - job.range.start;
-        stagger.streaming(slot, Instant::now(), len);
+        stagger.streaming(slot, Instant::now(), job.len());
         while let Some((offset, chunk)) = body.next_chunk().await? {
             let now = Instant::now();
             stagger.progress(slot, now, chunk.len() as u64);
